@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the project's virtualenv, then run the main job or the tests.
+#
+#   bash scripts/dev.sh demo [ARGS]   # the main job: a short end-to-end ADDS run on tiny towers
+#   bash scripts/dev.sh test [ARGS]   # the test suite (ARGS go to pytest)
+#   bash scripts/dev.sh setup         # only create / update the virtualenv
+#
+# The virtualenv is .venv (override with ADDS_VENV). torch is pinned: an unpinned torch pulls a multi-GB build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${ADDS_VENV:-.venv}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "[dev] creating virtualenv $venv" >&2
+    "$python" -m venv "$venv"
+fi
+stamp="$venv/.adds-install-stamp"
+want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[dev] installing torch==2.14.1 torchvision==0.29.1 and adds[dev,train] into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$venv/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$venv/bin/python" -m pip install --quiet -e ".[dev,train]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$venv/bin/python" -c "import torch, open_clip, adds" || { echo "[dev] installation failed" >&2; exit 1; }
+    echo "$want" > "$stamp"
+fi
+
+command="${1:-}"
+shift || true
+case "$command" in
+    demo) exec "$venv/bin/python" -m adds demo "$@" ;;
+    test) exec "$venv/bin/python" -m pytest "$@" ;;
+    setup) ;;
+    *) echo "usage: bash scripts/dev.sh {demo|test|setup} [ARGS...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,5 @@
+import sys
+
+from adds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data utilities: robust image loading (``images``) and, later, datasets."""

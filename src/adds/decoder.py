@@ -1,0 +1,198 @@
+"""The DM-decoder (Dual-Modal decoder, Eq. 5), the ML-Decoder baseline layer and the shared classifier.
+
+One DM-decoder layer takes label queries ``Q`` (B, k, D) and visual tokens ``V`` (B, T, D) (keys ``K = V``) and
+returns ``Q'`` and ``V'`` (``K' = V'``)::
+
+    Q1 = LN(Q + DP(Q))                 # ML-Decoder's stand-in for the removed self-attention
+    Q2 = MHA1(Q1, K, V)                # labels query the image
+    Q3 = LN(Q2 + Q1)
+    Q4 = DP(FFN1(ReLU(FFN2(Q3))))
+    Q5 = LN(Q4 + Q3)
+    Q' = LN(Q5 + Q)                    # extra skip from the layer's query input (new in ADDS)
+    V1 = MHA2(V, Q5, Q5)               # image tokens query the label outputs (new in ADDS)
+    V' = LN(V1 + V);  K' = V'
+
+The ML-Decoder layer (Ridnik et al. 2021; Table 5's baseline) is the same without ``MHA2`` and without the
+``Q' = LN(Q5 + Q)`` skip: it returns ``Q' = Q5`` and leaves ``V`` unchanged.
+
+Choices where the paper is silent or ambiguous (also in ``docs/architecture.md``):
+
+* "We output Q' only if it is the last layer": read as *only the last layer's* ``Q'`` reaches the classifier
+  (no deep supervision); every layer's ``Q'`` is the next layer's ``Q``, and ``V'`` its ``K`` and ``V``.
+* The last layer's ``V'`` would feed nothing, so the last layer has no ``MHA2`` (same output, less work, and no
+  parameters that never get a gradient -- which DDP would reject). Hence with a
+  single layer a label's logit does not depend on the other labels; from two layers on it does, because the
+  visual tokens of layer 2 have attended to every label's output of layer 1.
+* Dropout sits exactly where Eq. 5 puts ``DP`` (on ``Q`` in ``Q1`` and after the FFN), plus dropout on the
+  attention weights as in ML-Decoder's ``nn.MultiheadAttention(dropout=0.1)``; Eq. 5 shows no dropout on the
+  attention output (ML-Decoder has one there) and none is applied.
+* ``FFN2`` is applied first (D -> ffn_dim) and ``FFN1`` second (ffn_dim -> D), following the order in Eq. 5.
+* Attention heads, FFN width and dropout follow ML-Decoder (8 heads, 2048, 0.1); ``d_model`` is the joint CLIP
+  embedding size, since queries are CLIP label embeddings and must not be projected out of the joint space.
+
+:class:`SharedClassifier` is one ``Linear(D, 1)`` applied to every label's output (xavier-normal weight, zero
+bias) -- nothing in the head is per-label, so any label list works at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DecoderConfig",
+    "MultiHeadAttention",
+    "DMDecoderLayer",
+    "MLDecoderLayer",
+    "Decoder",
+    "SharedClassifier",
+]
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder hyper-parameters (defaults: the paper's six DM-decoder layers, ML-Decoder's layer sizes).
+
+    Attributes:
+        kind: ``"dm"`` (DM-decoder, Eq. 5) or ``"ml"`` (ML-Decoder baseline layer, Table 5).
+        num_layers: number of stacked layers (paper: 6; Table 5 compares 1, 3, 6).
+        num_heads: attention heads (must divide the joint embedding size).
+        ffn_dim: hidden width of the feed-forward block.
+        dropout: the ``DP`` of Eq. 5 and the attention-weight dropout.
+    """
+
+    kind: str = "dm"
+    num_layers: int = 6
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("dm", "ml"):
+            raise ValueError(f"DecoderConfig.kind must be 'dm' or 'ml', got {self.kind!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"DecoderConfig.num_layers must be >= 1, got {self.num_layers}")
+        if self.num_heads < 1 or self.ffn_dim < 1:
+            raise ValueError(f"num_heads and ffn_dim must be >= 1, got {self.num_heads} and {self.ffn_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Batch-first multi-head attention on :func:`torch.nn.functional.scaled_dot_product_attention`."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``query`` (B, Lq, D), ``key``/``value`` (B, Lk, D) -> (B, Lq, D)."""
+        batch, len_q, dim = query.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        q = self.q_proj(query).view(batch, len_q, heads, head_dim).transpose(1, 2)  # (B, H, Lq, Dh)
+        k = self.k_proj(key).view(batch, key.shape[1], heads, head_dim).transpose(1, 2)  # (B, H, Lk, Dh)
+        v = self.v_proj(value).view(batch, value.shape[1], heads, head_dim).transpose(1, 2)  # (B, H, Lk, Dh)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, len_q, dim))  # (B, Lq, D)
+
+
+class MLDecoderLayer(nn.Module):
+    """ML-Decoder layer: Eq. 5 without ``MHA2`` and without the ``Q' = LN(Q5 + Q)`` skip (Table 5 baseline)."""
+
+    def __init__(self, d_model: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout_q = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)  # MHA1
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn2 = nn.Linear(d_model, ffn_dim)
+        self.ffn1 = nn.Linear(ffn_dim, d_model)
+        self.dropout_ffn = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def query_block(self, query: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """``Q1 ... Q5`` of Eq. 5: ``query`` (B, k, D), ``visual`` (B, T, D) -> ``Q5`` (B, k, D)."""
+        q1 = self.norm1(query + self.dropout_q(query))
+        q2 = self.cross_attn(q1, visual, visual)
+        q3 = self.norm2(q2 + q1)
+        q4 = self.dropout_ffn(self.ffn1(F.relu(self.ffn2(q3))))
+        return self.norm3(q4 + q3)
+
+    def forward(self, query: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(Q5, V)``: the visual tokens pass through unchanged."""
+        return self.query_block(query, visual), visual
+
+
+class DMDecoderLayer(MLDecoderLayer):
+    """DM-decoder layer, exactly Eq. 5 (see the module docstring)."""
+
+    def __init__(
+        self, d_model: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, update_visual: bool = True
+    ) -> None:
+        super().__init__(d_model, num_heads, ffn_dim, dropout)
+        self.norm_q = nn.LayerNorm(d_model)
+        self.update_visual = update_visual
+        if update_visual:  # the last layer of a stack has no MHA2: its V' would feed nothing
+            self.visual_attn = MultiHeadAttention(d_model, num_heads, dropout)  # MHA2
+            self.norm_v = nn.LayerNorm(d_model)
+
+    def forward(self, query: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query`` (B, k, D), ``visual`` (B, T, D) -> ``(Q', V')`` (``V' = V`` for a layer without MHA2)."""
+        q5 = self.query_block(query, visual)  # (B, k, D)
+        q_out = self.norm_q(q5 + query)  # Q' = LN(Q5 + Q)
+        if self.update_visual:
+            v1 = self.visual_attn(visual, q5, q5)  # (B, T, D): image tokens attend to label outputs
+            visual = self.norm_v(v1 + visual)  # V' = K'
+        return q_out, visual
+
+
+class Decoder(nn.Module):
+    """A stack of DM-decoder (or ML-Decoder) layers; returns the last layer's label outputs ``(B, k, D)``."""
+
+    def __init__(self, d_model: int, config: DecoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DecoderConfig()
+        sizes = (d_model, config.num_heads, config.ffn_dim, config.dropout)
+        if config.kind == "dm":
+            last = config.num_layers - 1
+            layers = [DMDecoderLayer(*sizes, update_visual=index < last) for index in range(config.num_layers)]
+        else:
+            layers = [MLDecoderLayer(*sizes) for _ in range(config.num_layers)]
+        self.layers = nn.ModuleList(layers)
+        self.d_model = d_model
+
+    def forward(self, queries: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """``queries`` (k, D) shared by the batch or (B, k, D); ``visual`` (B, T, D) -> (B, k, D)."""
+        if visual.dim() != 3 or visual.shape[-1] != self.d_model:
+            raise ValueError(f"visual tokens must be (B, T, {self.d_model}), got {tuple(visual.shape)}")
+        if queries.dim() == 2:
+            queries = queries.unsqueeze(0).expand(visual.shape[0], -1, -1)  # (B, k, D)
+        if queries.dim() != 3 or queries.shape[-1] != self.d_model or queries.shape[0] != visual.shape[0]:
+            expected = f"(k, {self.d_model}) or (B, k, {self.d_model})"
+            raise ValueError(f"queries must be {expected}, got {tuple(queries.shape)}")
+        for layer in self.layers:
+            queries, visual = layer(queries, visual)
+        return queries
+
+
+class SharedClassifier(nn.Module):
+    """One ``Linear(D, 1)`` for every label: ``(B, k, D)`` -> logits ``(B, k)``."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, 1)
+        nn.init.xavier_normal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, label_outputs: torch.Tensor) -> torch.Tensor:
+        return self.fc(label_outputs).squeeze(-1)  # (B, k)

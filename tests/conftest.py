@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny random open_clip towers that go through exactly the same code path as real models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adds.towers import TINY_MODEL, TowerConfig, load_towers
+
+
+@pytest.fixture(scope="session")
+def tiny_towers():
+    """Frozen tiny CLIP towers (random weights, seed 0): 32 px input, 17 tokens per crop, joint dim 32."""
+    return load_towers(TowerConfig(model=TINY_MODEL, pretrained=None, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_towers_unaligned():
+    return load_towers(TowerConfig(model=TINY_MODEL, pretrained=None, seed=0, aligned=False))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adds.decoder import (
+    Decoder,
+    DecoderConfig,
+    DMDecoderLayer,
+    MLDecoderLayer,
+    MultiHeadAttention,
+    SharedClassifier,
+)
+
+D = 32
+
+
+def _head(kind: str, layers: int) -> tuple[Decoder, SharedClassifier]:
+    decoder = Decoder(D, DecoderConfig(kind=kind, num_layers=layers, num_heads=4, ffn_dim=64)).eval()
+    return decoder, SharedClassifier(D)
+
+
+def _logits(decoder, classifier, queries, visual):
+    with torch.no_grad():
+        return classifier(decoder(queries, visual))
+
+
+def test_attention_matches_torch_multihead_attention():
+    ours = MultiHeadAttention(D, 4).eval()
+    ref = nn.MultiheadAttention(D, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        ref.out_proj.weight.copy_(ours.out_proj.weight)
+        ref.out_proj.bias.copy_(ours.out_proj.bias)
+    q, kv = torch.randn(2, 5, D), torch.randn(2, 7, D)
+    torch.testing.assert_close(ours(q, kv, kv), ref(q, kv, kv, need_weights=False)[0], rtol=1e-5, atol=1e-5)
+
+
+def _eq5_reference(layer: DMDecoderLayer, q: torch.Tensor, v: torch.Tensor):
+    """Eq. 5 written out line by line (eval mode: DP is the identity)."""
+    ln = lambda norm, x: F.layer_norm(x, (D,), norm.weight, norm.bias, norm.eps)  # noqa: E731
+    q1 = ln(layer.norm1, q + q)
+    q2 = layer.cross_attn(q1, v, v)
+    q3 = ln(layer.norm2, q2 + q1)
+    q4 = layer.ffn1(torch.relu(layer.ffn2(q3)))
+    q5 = ln(layer.norm3, q4 + q3)
+    q_prime = ln(layer.norm_q, q5 + q)
+    v1 = layer.visual_attn(v, q5, q5)
+    v_prime = ln(layer.norm_v, v1 + v)
+    return q_prime, v_prime, q5
+
+
+def test_dm_layer_is_equation_5():
+    layer = DMDecoderLayer(D, num_heads=4, ffn_dim=64).eval()
+    for norm in (layer.norm1, layer.norm2, layer.norm3, layer.norm_q, layer.norm_v):  # non-trivial affine params
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    q, v = torch.randn(2, 6, D), torch.randn(2, 9, D)
+    with torch.no_grad():
+        q_out, v_out = layer(q, v)
+        q_ref, v_ref, q5 = _eq5_reference(layer, q, v)
+        ml_q, ml_v = MLDecoderLayer.forward(layer, q, v)  # the baseline: same Q5, no skip, V untouched
+    torch.testing.assert_close(q_out, q_ref)
+    torch.testing.assert_close(v_out, v_ref)
+    torch.testing.assert_close(ml_q, q5)
+    assert ml_v is v
+
+
+def test_last_layer_has_no_unused_visual_update():
+    layer = DMDecoderLayer(D, num_heads=4, ffn_dim=64).eval()
+    last = DMDecoderLayer(D, num_heads=4, ffn_dim=64, update_visual=False).eval()
+    last.load_state_dict(layer.state_dict(), strict=False)
+    q, v = torch.randn(1, 3, D), torch.randn(1, 4, D)
+    q_out, v_out = last(q, v)
+    assert v_out is v and not hasattr(last, "visual_attn")
+    torch.testing.assert_close(q_out, layer(q, v)[0])
+    decoder = Decoder(D, DecoderConfig(num_layers=3, num_heads=4, ffn_dim=64))
+    assert [layer.update_visual for layer in decoder.layers] == [True, True, False]
+    decoder(torch.randn(4, D), torch.randn(2, 5, D)).sum().backward()
+    assert all(p.grad is not None for p in decoder.parameters())  # no dead parameters (DDP-safe)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_dm_logit_depends_on_the_other_labels_but_ml_does_not(layers):
+    visual = torch.randn(2, 9, D)
+    labels = torch.randn(3, D)
+    extra = torch.cat([labels, torch.randn(4, D)])
+    dm = _head("dm", layers)
+    ml = _head("ml", layers)
+    dm_small, dm_big = _logits(*dm, labels, visual), _logits(*dm, extra, visual)[:, :3]
+    ml_small, ml_big = _logits(*ml, labels, visual), _logits(*ml, extra, visual)[:, :3]
+    assert (dm_small - dm_big).abs().max() > 1e-4  # visual tokens attended to the new labels' outputs
+    torch.testing.assert_close(ml_small, ml_big, rtol=1e-5, atol=1e-6)
+
+
+def test_single_dm_layer_logits_do_not_depend_on_other_labels():
+    visual, labels = torch.randn(2, 9, D), torch.randn(3, D)
+    head = _head("dm", 1)
+    torch.testing.assert_close(
+        _logits(*head, labels, visual), _logits(*head, torch.cat([labels, torch.randn(2, D)]), visual)[:, :3],
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_label_permutation_permutes_logits_and_images_are_independent():
+    decoder, classifier = _head("dm", 3)
+    visual, labels = torch.randn(3, 9, D), torch.randn(5, D)
+    logits = _logits(decoder, classifier, labels, visual)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    permuted = _logits(decoder, classifier, labels[perm], visual)
+    torch.testing.assert_close(permuted, logits[:, perm], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_logits(decoder, classifier, labels, visual[1:2]), logits[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    decoder, classifier = _head("dm", 2)
+    visual, labels = torch.randn(2, 9, D), torch.randn(4, D)
+    decoder.train()
+    assert not torch.equal(classifier(decoder(labels, visual)), classifier(decoder(labels, visual)))
+    decoder.eval()
+    first = _logits(decoder, classifier, labels, visual)
+    torch.testing.assert_close(first, _logits(decoder, classifier, labels, visual))
+
+
+def test_shared_classifier_is_one_linear_for_all_labels():
+    classifier = SharedClassifier(D)
+    assert classifier.fc.weight.shape == (1, D) and torch.count_nonzero(classifier.fc.bias) == 0
+    row = torch.randn(D)
+    out = classifier(torch.stack([row, row, torch.randn(D)]).unsqueeze(0))
+    assert out.shape == (1, 3)
+    torch.testing.assert_close(out[0, 0], out[0, 1])
+
+
+def test_stack_depth_and_kind():
+    assert len(Decoder(D, DecoderConfig(num_layers=6, num_heads=4)).layers) == 6
+    assert all(type(layer) is MLDecoderLayer for layer in Decoder(D, DecoderConfig(kind="ml", num_heads=4)).layers)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"kind": "xl"}, "kind"), ({"num_layers": 0}, "num_layers"), ({"dropout": 1.0}, "dropout")],
+)
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecoderConfig(**kwargs)
+
+
+def test_heads_must_divide_width_and_shapes_are_checked():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(30, 8)
+    decoder = Decoder(D, DecoderConfig(num_layers=1, num_heads=4))
+    with pytest.raises(ValueError, match="visual tokens"):
+        decoder(torch.randn(3, D), torch.randn(9, D))
+    with pytest.raises(ValueError, match="queries"):
+        decoder(torch.randn(3, D + 1), torch.randn(1, 9, D))
