@@ -1,0 +1,210 @@
+"""The CLI end to end on tiny towers: manifest dataset -> adds extract -> adds train -> adds eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+from adds.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine (no OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 50, 220), "yellow": (240, 230, 30)}
+
+
+def _write_images(directory: Path, count: int, seed: int) -> list[tuple[str, list[str]]]:
+    """``count`` 64 x 48 grey images with one or two coloured squares; returns (file name, labels)."""
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    rows = []
+    for number in range(count):
+        pixels = (100 + 40 * rng.random((48, 64, 3))).astype(np.uint8)
+        chosen = sorted(set(rng.choice(len(names), size=int(rng.integers(1, 3))).tolist()))
+        for label in chosen:
+            top, left = int(rng.integers(0, 28)), int(rng.integers(0, 44))
+            pixels[top:top + 18, left:left + 18] = COLOURS[names[label]]
+        name = f"img{seed}_{number:02d}.png"
+        Image.fromarray(pixels).save(directory / name)
+        rows.append((name, [names[label] for label in chosen]))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "vocab.txt").write_text("\n".join(COLOURS) + "\n")
+    train = _write_images(root, 24, seed=1)
+    (root / "train.csv").write_text("image,labels\n" + "".join(f"{name},{'|'.join(labels)}\n"
+                                                                for name, labels in train))
+    test = _write_images(root, 10, seed=2)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # a corrupt file: skipped and counted
+    test.append(("broken.png", ["red"]))
+    (root / "test.jsonl").write_text("".join(json.dumps({"image": name, "labels": labels}) + "\n"
+                                             for name, labels in test))
+    return root
+
+
+def _config(root: Path, tmp: Path, epochs: int = 2) -> Path:
+    path = tmp / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+data:
+  train: {{kind: manifest, root: {root / 'train.csv'}, labels: {root / 'vocab.txt'}}}
+  test: {{kind: manifest, root: {root / 'test.jsonl'}, labels: {root / 'vocab.txt'}}}
+  val_fraction: 0.25
+  input_size: 64
+  cache: {tmp / 'cache'}
+  num_workers: 0
+  extract_batch_size: 8
+model:
+  towers: {{model: adds-tiny-vit, pretrained: null}}
+  decoder: {{num_layers: 2, num_heads: 4, ffn_dim: 32}}
+optim: {{lr: 1e-3}}
+ema: {{decay: 0.9}}
+epochs: {epochs}
+batch_size: 8
+progress: false
+device: cpu
+expected: {{table: 0, mAP: 50.0}}
+""")
+    return path
+
+
+def test_extract_train_eval_end_to_end(data, tmp_path, capsys):
+    train_cache = tmp_path / "train-cache"
+    assert main(["extract", "--data-kind", "manifest", "--data-root", str(data / "train.csv"), "--labels",
+                 str(data / "vocab.txt"), "--model", "adds-tiny-vit", "--pretrained", "none", "--input-size", "64",
+                 "--out", str(train_cache), "--batch-size", "8", "--no-progress"]) == 0
+    config = _config(data, tmp_path)
+    run = tmp_path / "run"
+    # the train split reads the cache written by `adds extract`; the test split's is extracted by `adds train`
+    assert main(["train", "--config", str(config), "--run-dir", str(run),
+                 "--set", f"data.train_cache={train_cache}"]) == 0
+    printed = capsys.readouterr().out
+    assert "mAP(%)" in printed and "paper" in printed
+
+    assert {"config.json", "config.yaml", "run_info.json", "metrics.csv", "checkpoint", "best", "last",
+            "last-ema", "test_metrics.json"} <= {p.name for p in run.iterdir()}
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["git_revision"] and info["lr"] == pytest.approx(1e-3) and info["input_size"] == 64
+    assert info["train_images"] == 18 and info["val_images"] == 6  # 25 % held out of the 24 training images
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3
+    test_metrics = json.loads((run / "test_metrics.json").read_text())
+    assert test_metrics["num_images"] == 10 and test_metrics["failed_images"] == 1
+    assert test_metrics["expected"] == {"table": 0, "mAP": 50.0}
+    caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert "labels" in caches and any(name.startswith("manifest-train-") for name in caches)  # the test split's
+    test_cache = next(p for p in (tmp_path / "cache").iterdir() if p.name != "labels")
+
+    # adds eval on the same cache reproduces the training run's test numbers exactly
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(run / "best"), "--data-kind", "manifest", "--data-root",
+                 str(data / "test.jsonl"), "--labels", str(data / "vocab.txt"), "--cache", str(test_cache),
+                 "--json", str(out), "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    evaluated = json.loads(out.read_text())
+    assert evaluated["metrics"]["all"] == pytest.approx(test_metrics["metrics"]["all"])
+
+    # from images: equals metrics computed by hand (scikit-learn) on the model's own scores
+    out_images = tmp_path / "eval-images.json"
+    assert main(["eval", "--checkpoint", str(run / "best"), "--data-kind", "manifest", "--data-root",
+                 str(data / "test.jsonl"), "--labels", str(data / "vocab.txt"), "--protocol", "zsl", "--topk", "1,2",
+                 "--json", str(out_images), "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    from_images = json.loads(out_images.read_text())
+    assert from_images["failed_images"] == 1 and from_images["num_images"] == 10
+    from adds.data.base import SquashResize
+    from adds.data.images import load_image
+    from adds.model import ADDS
+
+    model = ADDS.from_pretrained(run / "best").eval()
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:10]
+    images = torch.stack([SquashResize(64)(load_image(data / row["image"])) for row in rows])
+    with torch.no_grad():
+        scores = model(images, list(COLOURS)).sigmoid().numpy()
+    targets = np.array([[label in row["labels"] for label in COLOURS] for row in rows], dtype=int)
+    expected_map = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(len(COLOURS))])
+    assert from_images["metrics"]["all"]["mAP"] == pytest.approx(expected_map, abs=1e-6)
+    top1 = scores.argmax(axis=1)
+    hits = targets[np.arange(10), top1].sum()
+    assert from_images["metrics"]["all"]["P@1"] == pytest.approx(hits / 10)
+    assert from_images["metrics"]["all"]["R@1"] == pytest.approx(hits / targets.sum())
+
+
+def test_killed_cli_run_resumes_to_identical_weights(data, tmp_path):
+    config = _config(data, tmp_path, epochs=3)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", "--config", str(config), "--run-dir", str(full), "--set", "data.test=null"]) == 0
+    assert main(["train", "--config", str(config), "--run-dir", str(cut), "--set", "data.test=null",
+                 "--stop-after-epochs", "1"]) == 0
+    assert not (cut / "last").exists()
+    assert main(["train", "--resume", "--run-dir", str(cut)]) == 0  # the saved config is reused
+    for sub in ("last", "last-ema", "best"):
+        assert (full / sub / "model.safetensors").read_bytes() == (cut / sub / "model.safetensors").read_bytes()
+    # resuming with a changed config is refused, naming the key
+    assert main(["train", "--config", str(config), "--run-dir", str(cut), "--set", "data.test=null",
+                 "--set", "optim.lr=0.01", "--resume"]) == 1
+
+
+def test_zero_shot_baseline_through_the_cli(data, tmp_path):
+    from adds.data.base import SquashResize
+    from adds.data.images import load_image
+    from adds.model import ADDS, ADDSConfig
+    from adds.pyramid import PyramidConfig
+    from adds.towers import TowerConfig
+
+    out = tmp_path / "clip.json"
+    assert main(["eval", "--zero-shot-baseline", "--model", "adds-tiny-vit", "--pretrained", "none",
+                 "--data-kind", "manifest", "--data-root", str(data / "test.jsonl"), "--labels",
+                 str(data / "vocab.txt"), "--protocol", "zsl", "--topk", "1,2", "--json", str(out),
+                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 10 and "no training" in result["model"]
+    # reference: cosine of CLIP's image embedding (32 px, the tower's size) and the label embedding
+    model = ADDS(ADDSConfig(towers=TowerConfig("adds-tiny-vit", pretrained=None), pyramid=PyramidConfig((0,))))
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:10]
+    images = torch.stack([SquashResize(32)(load_image(data / row["image"])) for row in rows])
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(model.forward_features(images)[:, 0], dim=-1)
+        scores = (image @ torch.nn.functional.normalize(model.encode_labels(list(COLOURS)), dim=-1).T).numpy()
+    targets = np.array([[label in row["labels"] for label in COLOURS] for row in rows], dtype=int)
+    expected_map = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(len(COLOURS))])
+    assert result["metrics"]["all"]["mAP"] == pytest.approx(expected_map, abs=1e-6)
+
+
+def test_eval_of_given_scores_matches_hand_computed_metrics(tmp_path, capsys):
+    scores = np.array([[0.9, 0.1, 0.4], [0.8, 0.7, 0.3], [0.2, 0.6, 0.9], [0.1, 0.3, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1], [0, 0, 1]])
+    np.save(tmp_path / "scores.npy", scores)
+    np.save(tmp_path / "targets.npy", targets)
+    out = tmp_path / "m.json"
+    assert main(["eval", "--scores", str(tmp_path / "scores.npy"), "--targets", str(tmp_path / "targets.npy"),
+                 "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]["all"]
+    assert metrics["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 1 + (1 + 2 / 4) / 2) / 3)
+    assert metrics["OP"] == pytest.approx(4 / 5) and metrics["OR"] == pytest.approx(4 / 6)
+    assert "86.11" in capsys.readouterr().out  # the table prints percentages
+    assert main(["eval", "--scores", str(tmp_path / "scores.npy")]) == 1  # --targets missing: clear error
+    assert main(["eval"]) == 2
+
+
+def test_print_config_of_a_paper_config(capsys):
+    config = Path(__file__).resolve().parents[1] / "configs" / "coco_vitl14-336_640.yaml"
+    assert main(["train", "--config", str(config), "--print-config", "--set", "data.train.root=/data/coco"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["data"]["train"]["root"] == "/data/coco" and printed["data"]["input_size"] == 640
+    assert printed["model"]["pyramid"]["levels"] == [0, 1] and printed["expected"]["mAP"] == 93.41
+    with pytest.raises(SystemExit, match="optim.lrr"):
+        main(["train", "--config", str(config), "--set", "optim.lrr=1", "--print-config"])
