@@ -1,0 +1,375 @@
+"""The tagging API: output shape and order, thresholds, top-k, vocabularies, pyramid levels, the CLIP baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adds.data.images import ImageLoadError
+from adds.decoder import DecoderConfig
+from adds.model import ADDS, ADDSConfig
+from adds.tagger import (
+    CLIPBaseline,
+    Tagger,
+    TaggerConfig,
+    ThresholdSet,
+    builtin_thresholds,
+    builtin_vocabulary,
+    find_images,
+    read_labels,
+    read_thresholds,
+)
+from adds.towers import TINY_MODEL, TowerConfig
+
+LABELS = ["red square", "blue circle", "green triangle", "yellow star", "a dog"]
+SMALL = DecoderConfig(num_layers=2, num_heads=4, ffn_dim=64)
+
+
+@pytest.fixture()
+def adds_model(tiny_towers):
+    return ADDS(ADDSConfig(decoder=SMALL), towers=tiny_towers).eval()
+
+
+@pytest.fixture()
+def tagger(adds_model):
+    return Tagger(adds_model, labels=LABELS)
+
+
+@pytest.fixture()
+def baseline(tiny_towers):
+    return Tagger(CLIPBaseline(tiny_towers), labels=LABELS)
+
+
+def _image(seed: int, height: int = 64, width: int = 64) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+# -- output shape and order --------------------------------------------------------------------------------------
+
+
+def test_one_image_gives_one_sorted_list_of_label_score_dicts(tagger):
+    tags = tagger(_image(0), threshold=0.0)
+    assert isinstance(tags, list) and [set(t) for t in tags] == [{"label", "score"}] * len(LABELS)
+    assert sorted(t["label"] for t in tags) == sorted(LABELS)
+    scores = [t["score"] for t in tags]
+    assert scores == sorted(scores, reverse=True)
+    assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
+
+
+def test_several_images_give_one_list_each_in_input_order(tagger):
+    a, b = _image(1), _image(2)
+    together = tagger([a, b], threshold=0.0)
+    assert len(together) == 2
+    _assert_same_tags(together[0], tagger(a, threshold=0.0))
+    _assert_same_tags(together[1], tagger(b, threshold=0.0))
+    batch = tagger(torch.stack([a, b]), threshold=0.0)  # a (B, 3, H, W) tensor is a batch
+    _assert_same_tags(batch[0], together[0])
+    _assert_same_tags(batch[1], together[1])
+
+
+def _assert_same_tags(got, expected, atol: float = 1e-5) -> None:
+    assert {t["label"] for t in got} == {t["label"] for t in expected}
+    by_label = {t["label"]: t["score"] for t in expected}
+    for tag in got:
+        assert tag["score"] == pytest.approx(by_label[tag["label"]], abs=atol)
+
+
+def test_scores_are_the_models_independent_sigmoids(tagger, adds_model):
+    image = _image(3)  # 64 px on a 32 px tower: Pyramid-Forwarding levels 0 and 1, as the model's own default
+    expected = adds_model(image, LABELS).sigmoid()[0]
+    torch.testing.assert_close(tagger.scores(image)[0], expected, rtol=1e-5, atol=1e-5)
+    assert not math.isclose(float(expected.sum()), 1.0, abs_tol=1e-3)  # not a distribution over labels
+
+
+def test_paths_pil_images_and_tensors_give_the_same_tags(tagger, tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    Image.fromarray(array).save(path)
+    as_tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()  # uint8 (3, H, W)
+    reference = tagger(as_tensor, threshold=0.0)
+    for source in (path, str(path), Image.open(path), as_tensor.float() / 255):
+        _assert_same_tags(tagger(source, threshold=0.0), reference)
+
+
+def test_bad_path_raises_image_load_error_naming_it(tagger, tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty.png"):
+        tagger(path)
+
+
+# -- sizes and Pyramid-Forwarding --------------------------------------------------------------------------------
+
+
+def test_levels_are_chosen_from_the_image_size_and_capped(tagger, adds_model):
+    assert tagger.levels_for(32, 32) == (0,)
+    assert tagger.levels_for(20, 50) == (0, 1)
+    assert tagger.levels_for(500, 300) == (0, 1)  # capped at max_level=1
+    deep = Tagger(adds_model, TaggerConfig(max_level=3), labels=LABELS)
+    assert deep.levels_for(500, 300) == (0, 1, 2, 3)  # 32 * 2^4 = 512 >= 500, capped at 3
+    assert deep.levels_for(128, 100) == (0, 1, 2)
+    fixed = Tagger(adds_model, TaggerConfig(levels=(0, 2)), labels=LABELS)
+    assert fixed.levels_for(10, 10) == (0, 2)
+    assert fixed.prepare(_image(0, 10, 10)).pixels.shape == (3, 128, 128)
+
+
+def test_pyramid_is_used_for_large_images(tagger, adds_model):
+    image = _image(4, 64, 64)
+    single_crop = Tagger(adds_model, TaggerConfig(max_level=0), labels=LABELS)
+    assert single_crop.levels_for(64, 64) == (0,)
+    with_pyramid = tagger.scores(image)
+    without = single_crop.scores(image)
+    assert not torch.allclose(with_pyramid, without, atol=1e-4)  # the 4 level-1 crops change the scores
+
+
+def test_images_of_different_sizes_in_one_call(tagger):
+    images = [_image(5, 64, 64), _image(6, 32, 32), _image(7, 100, 40), _image(8, 17, 90), _image(9, 64, 64)]
+    together = tagger(images, threshold=0.0)
+    for image, tags in zip(images, together, strict=True):
+        _assert_same_tags(tags, tagger(image, threshold=0.0))
+    prepared = [tagger.prepare(image) for image in images]
+    assert [p.levels for p in prepared] == [(0, 1), (0,), (0, 1), (0, 1), (0, 1)]
+    assert prepared[2].size == (100, 40) and prepared[2].pixels.shape == (3, 64, 64)
+
+
+def test_batch_size_does_not_change_scores(adds_model):
+    images = [_image(i, 32 + 8 * i, 40) for i in range(5)]
+    one = Tagger(adds_model, TaggerConfig(batch_size=1), labels=LABELS).scores(images)
+    many = Tagger(adds_model, TaggerConfig(batch_size=4), labels=LABELS).scores(images)
+    torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-5)
+
+
+# -- thresholds and top-k ----------------------------------------------------------------------------------------
+
+
+def test_global_threshold_keeps_exactly_the_labels_at_or_above_it(tagger):
+    image = _image(10)
+    scores = tagger.scores(image)[0]
+    cut = float(scores.median())
+    kept = tagger(image, threshold=cut)
+    assert {t["label"] for t in kept} == {label for label, s in zip(LABELS, scores.tolist(), strict=True) if s >= cut}
+    assert all(t["score"] >= 1.0 for t in tagger(image, threshold=1.0))
+    assert len(tagger(image, threshold=0.0)) == len(LABELS)
+
+
+def test_default_threshold_is_half(tagger, adds_model):
+    assert tagger.thresholds == ThresholdSet(default=0.5)
+    image = _image(11)
+    scores = tagger.scores(image)[0]
+    assert {t["label"] for t in tagger(image)} == {lb for lb, s in zip(LABELS, scores.tolist(), strict=True)
+                                                   if s >= 0.5}
+
+
+def test_top_k_keeps_the_k_best_after_thresholds(tagger):
+    image = _image(12)
+    everything = tagger(image, threshold=0.0)
+    assert tagger(image, threshold=0.0, top_k=2) == everything[:2]
+    cut = everything[1]["score"]
+    assert tagger(image, threshold=cut, top_k=4) == everything[:2]  # only two pass the threshold
+    capped = Tagger(tagger.model, TaggerConfig(top_k=3, threshold=0.0), labels=LABELS)
+    assert len(capped(image)) == 3
+    with pytest.raises(ValueError, match="top_k"):
+        tagger(image, top_k=0)
+
+
+def test_per_label_thresholds_from_dict_and_files(tagger, tmp_path):
+    image = _image(13)
+    scores = dict(zip(LABELS, tagger.scores(image)[0].tolist(), strict=True))
+    # "red square" needs more than its score, "a dog" gets in with less; the others use the global 0.0 / 1.0.
+    per_label = {"red square": min(1.0, scores["red square"] + 1e-3), "a dog": max(0.0, scores["a dog"] - 1e-3)}
+    got = {t["label"] for t in tagger(image, threshold=ThresholdSet(default=0.0, per_label=per_label))}
+    assert got == set(LABELS) - {"red square"}
+    got = {t["label"] for t in tagger(image, threshold=ThresholdSet(default=1.0, per_label=per_label))}
+    assert got == {"a dog"}
+
+    tsv = tmp_path / "thresholds.txt"
+    tsv.write_text("".join(f"{label}\t{value}\n" for label, value in per_label.items()), encoding="utf-8")
+    js = tmp_path / "thresholds.json"
+    js.write_text(json.dumps(per_label), encoding="utf-8")
+    assert read_thresholds(tsv) == pytest.approx(per_label) and read_thresholds(js) == pytest.approx(per_label)
+    strict = Tagger(tagger.model, TaggerConfig(threshold=1.0), labels=LABELS)
+    for spec in (per_label, tsv, str(js)):  # dict / file per call: combined with the tagger's global threshold
+        assert {t["label"] for t in strict(image, threshold=spec)} == {"a dog"}
+    strict_with_file = Tagger(tagger.model, TaggerConfig(threshold=1.0), labels=LABELS, thresholds=tsv)
+    assert {t["label"] for t in strict_with_file(image)} == {"a dog"}
+
+
+def test_bad_threshold_files_are_named(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("dog\t0.5\ncat 0.4\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.txt:2"):
+        read_thresholds(bad)
+    bad.write_text("dog\t1.5\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.txt:1"):
+        read_thresholds(bad)
+    bad.write_text("dog\tx\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a number"):
+        read_thresholds(bad)
+    (tmp_path / "list.json").write_text("[0.5]", encoding="utf-8")
+    with pytest.raises(ValueError, match="JSON object"):
+        read_thresholds(tmp_path / "list.json")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_thresholds(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ThresholdSet(default=-0.1)
+
+
+# -- vocabularies ------------------------------------------------------------------------------------------------
+
+
+def test_builtin_vocabulary_and_its_thresholds():
+    tags = builtin_vocabulary()
+    assert len(tags) == 4585 == len(set(tags))
+    thresholds = builtin_thresholds()
+    assert list(thresholds) == tags
+    assert all(0.0 < v <= 1.0 for v in thresholds.values())
+    raw = resources.files("adds.resources").joinpath("ram_tag_list_4585_thresholds.txt").read_text().split()
+    assert thresholds[tags[7]] == float(raw[7]) and thresholds[tags[-1]] == float(raw[-1])
+
+
+def test_without_labels_the_builtin_vocabulary_and_its_thresholds_are_used(tiny_towers):
+    tagger = Tagger(CLIPBaseline(tiny_towers))
+    assert tagger.uses_builtin_vocabulary and tagger.labels == builtin_vocabulary()
+    assert tagger.thresholds.per_label == builtin_thresholds() and tagger.thresholds.default == 0.5
+    tags = tagger(_image(14, 32, 32), threshold=0.0, top_k=5)
+    assert len(tags) == 5 and all(t["label"] in set(tagger.labels) for t in tags)
+    # the built-in per-tag thresholds decide the default tags
+    scores = tagger.scores(_image(14, 32, 32))[0]
+    limits = tagger.thresholds.for_labels(tagger.labels)
+    assert {t["label"] for t in tagger(_image(14, 32, 32))} == {
+        label for label, s, lim in zip(tagger.labels, scores.tolist(), limits.tolist(), strict=True) if s >= lim
+    }
+
+
+def test_checkpoint_vocabulary_and_thresholds_are_the_defaults(adds_model, tmp_path):
+    adds_model.save_pretrained(tmp_path / "ckpt")
+    plain = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert plain.uses_builtin_vocabulary
+    (tmp_path / "ckpt" / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    (tmp_path / "ckpt" / "thresholds.txt").write_text("a dog\t0.25\n", encoding="utf-8")
+    tagger = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert tagger.labels == LABELS and not tagger.uses_builtin_vocabulary
+    assert tagger.thresholds == ThresholdSet(default=0.5, per_label={"a dog": 0.25})
+    image = _image(15)
+    torch.testing.assert_close(tagger.scores(image), adds_model(image, LABELS).sigmoid(), rtol=1e-5, atol=1e-5)
+    override = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu", labels=["x", "y"])
+    assert override.labels == ["x", "y"]
+
+
+def test_set_labels_computes_embeddings_once(tagger, monkeypatch):
+    calls = []
+    real = tagger.model.encode_labels
+    monkeypatch.setattr(tagger.model, "encode_labels", lambda labels: calls.append(list(labels)) or real(labels))
+    tagger.set_labels(["cat", "dog", "bird"])
+    assert calls == [["cat", "dog", "bird"]] and tagger.labels == ["cat", "dog", "bird"]
+    for seed in range(3):
+        tagger(_image(seed))
+    tagger(_image(0), labels=["cat", "dog", "bird"])
+    assert len(calls) == 1
+    tagger(_image(0), labels=["sky"])
+    assert calls[-1] == ["sky"]
+
+
+def test_duplicate_labels_are_refused(tagger):
+    with pytest.raises(ValueError, match="Duplicate"):
+        tagger(_image(0), labels=["cat", "cat"])
+
+
+def test_read_labels(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\n\n  dog  \nred car", encoding="utf-8")
+    assert read_labels(path) == ["cat", "dog", "red car"]
+    path.write_text("cat\ncat\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="labels.txt"):
+        read_labels(path)
+
+
+# -- label-list dependence (documented) --------------------------------------------------------------------------
+
+
+def test_dm_decoder_scores_depend_on_the_label_list_and_the_baselines_do_not(tagger, baseline):
+    image = _image(16)
+    short = tagger(image, labels=LABELS[:2], threshold=0.0)
+    longer = tagger(image, labels=LABELS, threshold=0.0)
+    first = {t["label"]: t["score"] for t in short}
+    second = {t["label"]: t["score"] for t in longer}
+    assert abs(first["red square"] - second["red square"]) > 1e-6  # 2-layer DM-decoder: the whole list matters
+    first = {t["label"]: t["score"] for t in baseline(image, labels=LABELS[:2], threshold=0.0)}
+    second = {t["label"]: t["score"] for t in baseline(image, labels=LABELS, threshold=0.0)}
+    assert first["red square"] == pytest.approx(second["red square"], abs=1e-6)
+
+
+# -- the CLIP baseline --------------------------------------------------------------------------------------------
+
+
+def test_clip_baseline_score_is_clips_two_way_softmax_against_the_label_free_prompt(baseline, tiny_towers):
+    image = _image(17, 48, 80)
+    got = baseline.scores(image)[0]  # (k,)
+    pixels = F.interpolate(image[None], size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)
+    mean = torch.tensor(tiny_towers.mean).view(1, 3, 1, 1)
+    std = torch.tensor(tiny_towers.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = F.normalize(tiny_towers.clip.encode_image((pixels - mean) / std), dim=-1)[0]  # (D,)
+        scale = float(tiny_towers.clip.logit_scale.exp())
+
+        def ensembled(prompts: list[str]) -> torch.Tensor:
+            return F.normalize(F.normalize(tiny_towers.encode_text(prompts), dim=-1).mean(0), dim=-1)
+
+        reference = ensembled(["This photo contains.", "This is a photo."])
+        labels = torch.stack([ensembled([f"This photo contains {lb}.", f"This is a {lb} photo."]) for lb in LABELS])
+    expected = torch.sigmoid(scale * (labels @ img - reference @ img))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # Two-way softmax: the logit of label vs reference, exactly CLIP's softmax over the pair.
+    pair = torch.softmax(scale * torch.stack([labels[0] @ img, reference @ img]), dim=0)[0]
+    assert float(got[0]) == pytest.approx(float(pair), abs=1e-5)
+
+
+def test_clip_baseline_uses_one_view_and_ignores_pyramid_levels(baseline):
+    assert baseline.levels_for(500, 500) == (0,)
+    assert baseline.prepare(_image(18, 100, 60)).pixels.shape == (3, 32, 32)
+
+
+def test_clip_baseline_constructor_with_random_weights():
+    tagger = Tagger.clip_baseline(TINY_MODEL, None, device="cpu", labels=["a", "b"], seed=0)
+    assert tagger.describe()["scorer"] == "clip-baseline" and tagger.labels == ["a", "b"]
+    assert tagger.towers.config == TowerConfig(model=TINY_MODEL, pretrained=None, seed=0)
+
+
+# -- files --------------------------------------------------------------------------------------------------------
+
+
+def test_tag_files_reports_bad_files_and_keeps_order(tagger, tmp_path):
+    paths = []
+    for index in range(5):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((40, 30 + index, 3), 40 * index, dtype=np.uint8)).save(path)
+        paths.append(path)
+    (tmp_path / "2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    small = Tagger(tagger.model, TaggerConfig(batch_size=2, threshold=0.0), labels=LABELS)
+    for workers in (0, 2):
+        results = list(small.tag_files(paths, workers=workers))
+        assert [r.path for r in results] == [str(p) for p in paths]
+        assert [r.error is None for r in results] == [True, True, False, True, True]
+        assert results[2].tags is None and "not an image" in results[2].error
+        _assert_same_tags(results[4].tags, small(paths[4]))
+
+
+def test_find_images_recurses_skips_hidden_and_expands_globs(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    for name in ("a/1.jpg", "a/b/2.PNG", "a/b/6.png", "a/notes.txt", ".hidden/3.png", "a/.4.png", "5.webp", "odd.data"):
+        (tmp_path / name).write_bytes(b"x")
+    files, unmatched = find_images([tmp_path / "a", str(tmp_path / "*.webp"), tmp_path / "odd.data",
+                                    tmp_path / "missing.jpg", str(tmp_path / "*.none"), tmp_path / "a" / "1.jpg"])
+    assert files == [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "a" / "b" / "2.PNG"),
+                     str(tmp_path / "a" / "b" / "6.png"), str(tmp_path / "5.webp"), str(tmp_path / "odd.data")]
+    assert unmatched == [str(tmp_path / "missing.jpg"), str(tmp_path / "*.none")]
+    recursive, _ = find_images([str(tmp_path / "**" / "*.png")])
+    assert recursive == [str(tmp_path / "a" / "b" / "6.png")]  # glob: case-sensitive, no hidden entries
