@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the project's virtualenv, then run the main job or the tests.
 #
-#   bash scripts/dev.sh demo [ARGS]   # the main job: a short end-to-end ADDS run on tiny towers
+#   bash scripts/dev.sh demo [ARGS]   # the main job: adds toyworld --quick (the paper's tables in miniature)
 #   bash scripts/dev.sh test [ARGS]   # the test suite (ARGS go to pytest)
 #   bash scripts/dev.sh setup         # only create / update the virtualenv
 #
@@ -39,7 +39,7 @@ if [ "$command" = "test" ] && ! command -v chromedriver >/dev/null 2>&1; then
 fi
 shift || true
 case "$command" in
-    demo) exec "$venv/bin/python" -m adds demo "$@" ;;
+    demo) exec "$venv/bin/python" -m adds toyworld --quick "$@" ;;
     test) exec "$venv/bin/python" -m pytest "$@" ;;
     setup) ;;
     *) echo "usage: bash scripts/dev.sh {demo|test|setup} [ARGS...]" >&2; exit 2 ;;

@@ -7,6 +7,9 @@ import torch
 
 from adds.towers import TINY_MODEL, TowerConfig, load_towers
 
+# Tests use tiny models: one intra-op thread avoids oversubscription (and is faster on a busy 2-core machine).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_towers():
