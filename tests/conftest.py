@@ -7,8 +7,6 @@ import torch
 
 from adds.towers import TINY_MODEL, TowerConfig, load_towers
 
-# Tests use tiny models: one intra-op thread avoids oversubscription (and is faster on a busy 2-core machine).
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -23,5 +21,11 @@ def tiny_towers_unaligned():
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seed 0, and one intra-op thread: tiny models run as fast on one, and far faster on a loaded machine (no OpenMP
+    spin-waits); the previous thread count is restored afterwards."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,16 +13,6 @@ from sklearn.metrics import average_precision_score
 
 from adds.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine (no OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 50, 220), "yellow": (240, 230, 30)}
 
 

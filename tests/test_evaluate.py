@@ -25,16 +25,6 @@ from adds.evaluate import (
     write_json,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine (no OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # 4 images x 3 labels; every number below is worked out by hand in the comments.
 SCORES = np.array([[0.9, 0.1, 0.4],
                    [0.8, 0.7, 0.3],

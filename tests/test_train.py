@@ -34,16 +34,6 @@ from adds.train.distributed import DistributedContext, epoch_sampler
 from adds.train.ema import ModelEMA
 from adds.train.loop import Trainer, TrainingStateError, _parameter_groups, held_out_split
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine (no OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPENAI_MODELS = {"ViT-B-32-quickgelu", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu"}
 

@@ -42,7 +42,7 @@ import open_clip
 import torch
 from torch import nn
 
-__all__ = ["TowerConfig", "Towers", "WeightsUnavailableError", "load_towers", "TINY_MODEL"]
+__all__ = ["TowerConfig", "Towers", "WeightsUnavailableError", "load_towers", "meta_towers", "TINY_MODEL"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,3 +298,17 @@ def load_towers(config: TowerConfig | None = None, device: str | torch.device | 
         towers.to(device)
     logger.info("loaded towers %s", {k: v for k, v in source.items()})
     return towers
+
+
+def meta_towers(model: str, image_size: int | None = None) -> Towers:
+    """Weight-less towers on the meta device: shapes and FLOP counts without memory, initialisation or downloads.
+
+    Used by the benchmarks (``torch.utils.flop_counter.FlopCounterMode`` over ``encode_image_tokens``); nothing can
+    be computed with them. ``image_size`` forces the tower's input size (e.g. a naive full-resolution ViT).
+    """
+    _register_model_configs()
+    kwargs = {} if image_size is None else {"force_image_size": image_size}
+    with torch.device("meta"), _quiet_random_init():
+        clip = open_clip.create_model(model, pretrained=None, device="meta", **kwargs)
+    config = TowerConfig(model=model, pretrained=None, image_size=image_size)
+    return Towers(clip, config, {"model": model, "pretrained": None}, tokenizer=None)
