@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import shutil
 import statistics
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import count_flops, environment  # noqa: E402  (benchmarks/ is on sys.path when run)
+from _common import count_flops, environment, write_result  # benchmarks/ is on sys.path when run
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -359,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=1 if args.quick else args.repeats, project=project, threads=args.threads,
     )
     result = run(config, args.work_dir)
-    print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(result, format_table(result), args.out)
     return 0
 
 

@@ -37,15 +37,18 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import count_flops, environment  # noqa: E402  (benchmarks/ is on sys.path when run)
-from tqdm import tqdm
+from _common import (  # benchmarks/ is on sys.path when run
+    count_flops,
+    environment,
+    interleaved_times,
+    median_ratio,
+    write_result,
+)
 
 from adds.config import config_to_dict
 from adds.decoder import DecoderConfig
@@ -103,25 +106,8 @@ class HeadBenchConfig:
         return self.batch if k <= self.large_k else self.large_k_batch
 
 
-def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: int, desc: str) -> dict:
-    """Seconds per call of each case: ``warmup`` untimed rounds, then ``repeats`` rounds, case order rotated."""
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in tqdm(range(repeats), desc=desc, file=sys.stderr, leave=False):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
-def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
-    """Median over rounds of ``time(numerator) / time(denominator)`` measured in the same round."""
-    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
 
 
 def random_label_embeddings(k: int, dim: int, seed: int) -> torch.Tensor:
@@ -446,10 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             profile_k=args.profile_k, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
         )
     result = run(config)
-    print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(result, format_table(result), args.out)
     return 0
 
 

@@ -32,18 +32,20 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from _common import count_flops, environment  # noqa: E402  (benchmarks/ is on sys.path when run)
-from tqdm import tqdm
+from _common import (  # benchmarks/ is on sys.path when run
+    count_flops,
+    environment,
+    interleaved_times,
+    median_ratio,
+    write_result,
+)
 
 from adds.pyramid import PyramidConfig, PyramidForwarding, num_crops, plan, top_level
 from adds.towers import TowerConfig, Towers, load_towers, meta_towers
@@ -173,25 +175,8 @@ def crossover(shape: VitShape) -> float | None:
 
 
 
-def interleaved_times(cases: dict[str, Callable[[], object]], repeats: int, warmup: int, desc: str) -> dict:
-    """Seconds per call of each case: ``warmup`` untimed rounds, then ``repeats`` rounds, case order rotated."""
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in tqdm(range(repeats), desc=desc, file=sys.stderr, leave=False):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
-def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
-    """Median over rounds of ``time(numerator) / time(denominator)`` measured in the same round."""
-    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))
 
 
 def ratio_range(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
@@ -349,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup, threads=args.threads,
         )
     result = run(config)
-    print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(result, format_table(result), args.out)
     return 0
 
 

@@ -31,7 +31,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -43,7 +42,7 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from _common import environment  # noqa: E402  (benchmarks/ is on sys.path when run)
+from _common import environment, write_result  # benchmarks/ is on sys.path when run
 from tqdm import tqdm
 
 from adds.prompts import LabelEmbedder, resolve_templates, validate_labels
@@ -258,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=2 if args.quick else args.repeats, threads=args.threads,
     )
     result = run(config)
-    print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(result, format_table(result), args.out)
     return 0
 
 
