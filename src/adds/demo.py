@@ -1,4 +1,4 @@
-"""A one-minute end-to-end ADDS run on tiny random towers (the README's main job until the toy world lands).
+"""A few-second end-to-end ADDS run on tiny random towers: a smoke test of every stage (``adds demo``).
 
 It exercises every stage of the model on 2 CPU cores without downloaded weights: tiny open_clip towers with random
 weights, synthetic 64 px images of coloured squares (twice the tower's 32 px, so Pyramid-Forwarding uses levels
@@ -23,20 +23,12 @@ from adds.losses import AsymmetricLoss
 from adds.metrics import mean_average_precision
 from adds.model import ADDS, ADDSConfig
 from adds.towers import TINY_MODEL, TowerConfig
+from adds.toyworld.scenes import COLOURS
 
-__all__ = ["DemoConfig", "COLOURS", "make_images", "run_demo"]
+__all__ = ["DemoConfig", "make_images", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-#: Label words and their RGB colours.
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.9, 0.1, 0.1),
-    "green": (0.1, 0.8, 0.2),
-    "blue": (0.1, 0.2, 0.9),
-    "yellow": (0.95, 0.9, 0.1),
-    "white": (0.97, 0.97, 0.97),
-    "purple": (0.6, 0.1, 0.7),
-}
 
 
 @dataclass(frozen=True)
