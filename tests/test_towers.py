@@ -143,3 +143,12 @@ def test_openai_torchscript_file_loads_with_quick_gelu(tmp_path):
 
 def test_encode_text_shape(tiny_towers):
     assert tiny_towers.encode_text(["a", "b c"]).shape == (2, 32)
+
+
+def test_truncated_text_encoding_equals_open_clips_full_context(tiny_towers):
+    prompts = ["a", "This photo contains a red circle on a striped background.", "x y"]
+    full = tiny_towers.encode_text(prompts, truncate=False)
+    with torch.no_grad():
+        reference = tiny_towers.clip.encode_text(tiny_towers.tokenizer(prompts))
+    torch.testing.assert_close(full, reference)
+    torch.testing.assert_close(tiny_towers.encode_text(prompts), reference, rtol=1e-5, atol=1e-5)

@@ -262,11 +262,34 @@ class Towers(nn.Module):
         return tokens
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Projected (not normalised) text embeddings of ``prompts`` -> ``(n, D)``."""
-        device = next(self.clip.parameters()).device
-        tokens = self.tokenizer(prompts).to(device)
-        return self.clip.encode_text(tokens).float()
+    def encode_text(self, prompts: list[str], truncate: bool = True) -> torch.Tensor:
+        """Projected (not normalised) text embeddings of ``prompts`` -> ``(n, D)``.
+
+        With ``truncate`` (default) the token batch is cut after its last end-of-text token before the text
+        transformer runs: CLIP's text tower is causal and pools the end-of-text token, so the padding after it
+        cannot change the result (equal to open_clip's ``encode_text`` up to float rounding, tested), and a prompt
+        of ~10 tokens no longer pays for all 77 positions (6.6x faster label-embedding misses, see
+        ``docs/performance.md``). Towers without a causal mask or end-of-text pooling use ``encode_text`` as is.
+        """
+        clip = self.clip
+        device = next(clip.parameters()).device
+        tokens = self.tokenizer(prompts).to(device)  # (n, context)
+        pool = getattr(clip, "text_pool_type", None)
+        if not truncate or getattr(clip, "attn_mask", None) is None or pool not in ("argmax", "eos"):
+            return clip.encode_text(tokens).float()
+        eos_id = getattr(clip, "text_eos_id", None)
+        ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)  # (n,)
+        length = int(ends.max()) + 1
+        tokens = tokens[:, :length]  # (n, L)
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)  # (n, L, W)
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))  # (n, L, W)
+        x = open_clip.transformer.text_global_pool(x, tokens, pool, eos_token_id=eos_id)  # (n, W)
+        if isinstance(clip.text_projection, nn.Linear):
+            x = clip.text_projection(x)
+        elif clip.text_projection is not None:
+            x = x @ clip.text_projection  # (n, D)
+        return x.float()
 
     def identity(self) -> dict:
         """A JSON-able description of these towers, stored in checkpoints and compared on load.
