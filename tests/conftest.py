@@ -8,7 +8,6 @@ import torch
 from adds.towers import TINY_MODEL, TowerConfig, load_towers
 
 
-
 @pytest.fixture(scope="session")
 def tiny_towers():
     """Frozen tiny CLIP towers (random weights, seed 0): 32 px input, 17 tokens per crop, joint dim 32."""
