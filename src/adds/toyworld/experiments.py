@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from adds.decoder import DecoderConfig
+from adds.evaluate import clip_zero_shot_scores
 from adds.losses import AsymmetricLoss
 from adds.metrics import mean_average_precision, topk_precision_recall_f1
 from adds.model import ADDS, ADDSConfig
@@ -199,9 +200,8 @@ def _run_seed(
         rows["conventional"] = conventional(world.aligned_labels, with_untrained=True)
     if todo & {"zero_shot", "alignment", "decoder", "classes"}:
         rows["zero_shot"] = zero_shot(world.aligned_labels)
-        # Training-free baseline: cosine similarity of the pooled (class-token) embedding of the downsampled image.
-        pooled = F.normalize(world.test_tokens[:, 0], dim=-1)  # (N, D): token 0 = CLIP's image embedding
-        cosine = pooled @ world.aligned_labels[unseen].T
+        # Training-free baseline (the one `adds eval --zero-shot-baseline` uses): cosine of the class-token embedding.
+        cosine = clip_zero_shot_scores(world.test_tokens, world.aligned_labels[unseen], towers.tokens_per_image)
         rows["clip_baseline"] = _zsl_metrics(cosine, world.test_targets[:, unseen])
     if "alignment" in todo:
         noise = torch.randn(world.aligned_labels.shape, generator=torch.Generator().manual_seed(seed))
