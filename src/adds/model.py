@@ -135,11 +135,6 @@ class ADDS(nn.Module):
         """State of the trainable part only (decoder, classifier, optional token projection)."""
         return {name: value for name, value in self.state_dict().items() if not name.startswith("towers.")}
 
-    def train(self, mode: bool = True) -> ADDS:
-        super().train(mode)
-        self.towers.train(False)  # frozen towers stay in eval mode (also enforced by Towers.train)
-        return self
-
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (trainable weights only) into ``directory``."""
         directory = Path(directory)

@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from adds.data.base import SquashResize
 from adds.data.images import ImageLoadError, as_image_batch, load_image
 from adds.model import ADDS
 from adds.prompts import LabelEmbedder, resolve_templates, validate_labels
@@ -565,11 +566,7 @@ class Tagger:
             raise TypeError(f"an image must be a path, a PIL image or a tensor, got {type(image).__name__}")
         height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
         levels = self.levels_for(height, width)
-        side = self.base_size << levels[-1]
-        if (height, width) != (side, side):
-            work = pixels.float().unsqueeze(0)
-            pixels = F.interpolate(work, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-            pixels = pixels.squeeze(0).clamp_(0.0, 1.0)  # (3, side, side)
+        pixels = SquashResize(self.base_size << levels[-1])(pixels.float())  # (3, side, side)
         return PreparedImage(pixels=pixels.float().contiguous(), levels=levels, size=(height, width))
 
     def _pyramid(self, levels: tuple[int, ...]) -> PyramidForwarding:

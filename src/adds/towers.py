@@ -313,8 +313,7 @@ class Towers(nn.Module):
 def load_towers(config: TowerConfig | None = None, device: str | torch.device | None = None) -> Towers:
     """Load frozen CLIP towers described by ``config`` (see :class:`TowerConfig` and the module docstring)."""
     config = config or TowerConfig()
-    clip, source = _create_clip(config)
-    _register_model_configs()
+    clip, source = _create_clip(config)  # registers the package's model configs, which the tokenizer lookup needs
     tokenizer = open_clip.get_tokenizer(config.model)
     towers = Towers(clip, config, source, tokenizer)
     if device is not None:

@@ -89,7 +89,7 @@ class ToyWorldConfig:
 class _World:
     """Everything shared by the experiments of one seed: towers, tokens, targets, label embeddings."""
 
-    model: ADDS
+    towers: Towers
     train_tokens: torch.Tensor
     train_targets: torch.Tensor
     test_tokens: torch.Tensor
@@ -99,9 +99,8 @@ class _World:
     unseen: list[int]
 
 
-def _features(model: ADDS, images: torch.Tensor, levels: tuple[int, ...] | None = None, batch: int = 256):
+def _features(towers: Towers, images: torch.Tensor, levels: tuple[int, ...] | None = None, batch: int = 256):
     """Frozen tokens ``(N, crops * T, D)`` of ``images`` with the given Pyramid-Forwarding levels."""
-    towers = model.towers
     pyramid = PyramidForwarding(towers.image_size, towers.mean, towers.std, PyramidConfig(levels=levels))
     with torch.no_grad():
         parts = [pyramid(images[i:i + batch], towers.encode_image_tokens) for i in range(0, images.shape[0], batch)]
@@ -114,7 +113,7 @@ def _train_head(
 ) -> ADDS:
     """Train a fresh head (decoder + shared FC) with ASL on cached tokens; returns it in eval mode."""
     torch.manual_seed(seed)
-    head = ADDS(ADDSConfig(decoder=decoder or config.decoder), towers=world.model.towers)
+    head = ADDS(ADDSConfig(decoder=decoder or config.decoder), towers=world.towers)
     optimizer = torch.optim.Adam(head.trainable_parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(tokens.shape[0] / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -150,18 +149,17 @@ def _zsl_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float
 
 
 def _build_world(config: ToyWorldConfig, seed: int, towers: Towers) -> _World:
-    model = ADDS(ADDSConfig(decoder=config.decoder), towers=towers).eval()
     generator = torch.Generator().manual_seed(1000 + seed)
     train_images, train_targets = render_scenes(config.train_scenes, generator, config.scene)
     test_images, test_targets = render_scenes(config.test_scenes, generator, config.scene)
     seen, unseen = VOCABULARY.zero_shot_split()
     return _World(
-        model=model,
-        train_tokens=_features(model, train_images),
+        towers=towers,
+        train_tokens=_features(towers, train_images),
         train_targets=train_targets,
-        test_tokens=_features(model, test_images),
+        test_tokens=_features(towers, test_images),
         test_targets=test_targets,
-        aligned_labels=model.encode_labels(VOCABULARY.concepts),
+        aligned_labels=LabelEmbedder(towers)(VOCABULARY.concepts),
         seen=seen,
         unseen=unseen,
     )
@@ -189,7 +187,7 @@ def _run_seed(
         result = {}
         if with_untrained:  # the same head before any training step: the floor that training must beat
             torch.manual_seed(seed)
-            untrained = ADDS(ADDSConfig(decoder=config.decoder), towers=world.model.towers).eval()
+            untrained = ADDS(ADDSConfig(decoder=config.decoder), towers=world.towers).eval()
             scores = _scores(untrained, world.test_tokens, labels)
             result["untrained mAP"] = 100 * mean_average_precision(scores, world.test_targets)
         head = _train_head(world, world.train_tokens, world.train_targets, labels, config, seed)
@@ -221,8 +219,8 @@ def _run_seed(
         train_images, train_targets = render_scenes(config.highres_train_scenes, generator, config.highres)
         test_images, test_targets = render_scenes(config.highres_test_scenes, generator, config.highres)
         for name, levels in (("levels [0]", (0,)), ("levels [2]", (2,)), ("levels [0,1,2]", (0, 1, 2))):
-            train_tokens = _features(world.model, train_images, levels)
-            test_tokens = _features(world.model, test_images, levels)
+            train_tokens = _features(world.towers, train_images, levels)
+            test_tokens = _features(world.towers, test_images, levels)
             head = _train_head(world, train_tokens, train_targets, world.aligned_labels, config, seed,
                                config.highres_decoder)
             scores = _scores(head, test_tokens, world.aligned_labels)
@@ -233,7 +231,7 @@ def _run_seed(
         concepts = pool[torch.randint(len(pool), (config.single_images,), generator=generator)]
         images = render_objects(concepts, config.scene.size, generator, min_scale=0.09, max_scale=0.3)
         targets = F.one_hot(concepts, len(VOCABULARY)).float()
-        tokens = _features(world.model, images)
+        tokens = _features(world.towers, images)
         head = _train_head(world, tokens, targets[:, seen], world.aligned_labels[seen], config, seed)
         for name, subset in (("with overlap", seen), ("without overlap", unseen)):
             scores = _scores(head, world.test_tokens, world.aligned_labels[subset])
