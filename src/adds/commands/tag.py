@@ -403,7 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         last[_key(record.path)] = record
     retry = args.retry_failed
     done = {key for key, record in last.items() if record.ok or not retry}
-    counts = _Counts(done_ok=sum(record.ok for record in last.values()),
+    counts = _Counts(done_ok=sum(record.tags is not None for record in last.values()),
                      done_failed=sum(not record.ok and not retry for record in last.values()))
     todo = [path for path in shard.take(files) if _key(path) not in done]
     missing = [path for path in unmatched if _key(path) not in done] if shard.is_main else []
@@ -442,9 +442,8 @@ def _run(args: argparse.Namespace) -> int:
             for record in tagger.tag_files(todo, workers=args.workers) if todo else ():
                 if record.ok and args.write:
                     _write_metadata(args, record, scorer)
-                if record.ok:
-                    counts.tagged += 1
-                else:
+                counts.tagged += record.tags is not None  # a failed sidecar write: tagged *and* failed
+                if not record.ok:
                     counts.failed += 1
                     bar.write(f"adds tag: error: {record.path}: {record.error}", file=sys.stderr)
                 emit(record)
