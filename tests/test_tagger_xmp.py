@@ -115,3 +115,14 @@ def test_a_sidecar_that_cannot_be_written_fails_that_image_in_the_output(capsys,
     record = json.loads(captured.out)
     assert code == 1 and "a.jpg.xmp" in record["error"] and record["tags"][0]["label"] == "red"
     assert "Traceback" not in captured.err and (tmp_path / "a.jpg.xmp").read_text(encoding="utf-8") == "not XMP"
+
+
+def test_a_symlinked_photo_gets_its_sidecar_beside_the_real_file_and_the_link_survives(capsys, tmp_path):
+    real = _photo(tmp_path / "real" / "a.jpg")
+    (tmp_path / "view").mkdir()
+    link = tmp_path / "view" / "a.jpg"
+    link.symlink_to(real)
+    code = main(["tag", str(link), "--model", TINY_MODEL, "--pretrained", "none", "--labels", "red",
+                 "--threshold", "0", "--write", "xmp", "--write", "embedded"])
+    assert code == 0 and (tmp_path / "real" / "a.jpg.xmp").exists() and not (tmp_path / "view" / "a.jpg.xmp").exists()
+    assert link.is_symlink() and _exiftool(real)["Subject"] == ["red"]

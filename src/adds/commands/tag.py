@@ -354,12 +354,13 @@ def _scorer(args: argparse.Namespace, tagger) -> str:
 def _write_metadata(args: argparse.Namespace, record, scorer: str) -> None:
     from adds.tagger.xmp import XmpError, write_embedded, write_sidecar
 
+    image = os.path.realpath(record.path)  # beside the real file (where photo tools look), never over a symlink
     for kind in dict.fromkeys(args.write or ()):
         try:
             if kind == "xmp":
-                write_sidecar(record.path, record.tags, scorer, naming=args.sidecar_name)
+                write_sidecar(image, record.tags, scorer, naming=args.sidecar_name)
             else:
-                write_embedded(record.path, record.tags, scorer)
+                write_embedded(image, record.tags, scorer)
         except XmpError as error:
             record.error = str(error)
             return
