@@ -259,6 +259,9 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
+    except KeyboardInterrupt:  # Ctrl+C while loading the model or finding files (the tagging loop handles its own)
+        print("adds tag: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (| head): stop quietly. Python's documented recipe: point stdout at devnull so the
         # interpreter's final flush does not raise again.
