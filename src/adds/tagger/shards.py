@@ -75,14 +75,6 @@ class Shard:
                 dist.destroy_process_group()
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default))
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
-
-
 def join_torchrun(timeout_minutes: float = 24 * 60.0) -> Shard:
     """This process's :class:`Shard`: from torchrun's environment (joining a gloo group), else the only one.
 
@@ -90,7 +82,12 @@ def join_torchrun(timeout_minutes: float = 24 * 60.0) -> Shard:
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Shard()
-    shard = Shard(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    try:
+        shard = Shard(*(int(os.environ.get(name, "0")) for name in names))
+    except ValueError:
+        values = ", ".join(f"{name}={os.environ.get(name)!r}" for name in names)
+        raise ValueError(f"torchrun's {', '.join(names)} must be integers, got {values}") from None
     if not 0 <= shard.rank < shard.world_size:
         raise ValueError(f"RANK={shard.rank} is outside WORLD_SIZE={shard.world_size}")
     if shard.is_distributed:

@@ -198,6 +198,21 @@ def _umask() -> int:
     return mask
 
 
+def _update_file(path: Path, tags: Sequence[Mapping[str, Any]], scorer: str | None, create: bool) -> Path:
+    """Read ``path`` (or start from an empty packet when ``create`` and it does not exist), merge the tags in and
+    replace it atomically; :class:`XmpError` naming the file on failure (the file is then unchanged)."""
+    try:
+        data = _empty_packet() if create and not path.exists() else path.read_bytes()
+    except OSError as error:
+        raise XmpError(f"cannot read {path}: {error}") from error
+    updated = _updated(data, tags, scorer, path)
+    try:
+        _replace(path, updated)
+    except OSError as error:
+        raise XmpError(f"cannot write {path}: {error}") from error
+    return path
+
+
 def write_sidecar(image: str | os.PathLike, tags: Sequence[Mapping[str, Any]], scorer: str | None = None,
                   naming: str = "full") -> Path:
     """Create or update the XMP sidecar of ``image`` with ``tags`` (``[{"label", "score"}, ...]``, best first).
@@ -205,33 +220,13 @@ def write_sidecar(image: str | os.PathLike, tags: Sequence[Mapping[str, Any]], s
     Returns the sidecar's path. Raises :class:`XmpError` naming the file when it cannot be read or written (an
     existing sidecar that is not XMP is never overwritten).
     """
-    path = sidecar_path(image, naming)
-    try:
-        data = path.read_bytes() if path.exists() else _empty_packet()
-    except OSError as error:
-        raise XmpError(f"cannot read {path}: {error}") from error
-    updated = _updated(data, tags, scorer, path)
-    try:
-        _replace(path, updated)
-    except OSError as error:
-        raise XmpError(f"cannot write {path}: {error}") from error
-    return path
+    return _update_file(sidecar_path(image, naming), tags, scorer, create=True)
 
 
 def write_embedded(image: str | os.PathLike, tags: Sequence[Mapping[str, Any]], scorer: str | None = None) -> Path:
     """Merge ``tags`` into the XMP inside ``image`` itself (JPEG, PNG, TIFF, WebP, ... as exiv2 supports); the
     pixels are not re-encoded. Raises :class:`XmpError` naming the file on failure (the file is then unchanged)."""
-    path = Path(image)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise XmpError(f"cannot read {path}: {error}") from error
-    updated = _updated(data, tags, scorer, path)
-    try:
-        _replace(path, updated)
-    except OSError as error:
-        raise XmpError(f"cannot write {path}: {error}") from error
-    return path
+    return _update_file(Path(image), tags, scorer, create=False)
 
 
 def read_xmp_tags(path: str | os.PathLike) -> XmpTags:
