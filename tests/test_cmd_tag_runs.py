@@ -195,7 +195,9 @@ def test_resume_retries_failed_inputs_only_when_asked_and_works_with_csv(capsys,
 
 @pytest.mark.parametrize("extra, message", [(["--resume"], "--resume needs --output"),
                                             (["--resume", "--output", "x.json", "--format", "json"], "jsonl or csv"),
-                                            (["--retry-failed"], "--retry-failed"), ([], "give image files")])
+                                            (["--retry-failed"], "--retry-failed"), ([], "give image files"),
+                                            (["--output", "/nonexistent/dir/t.jsonl"], "--output /nonexistent"),
+                                            (["--input-size", "0"], "--input-size")])
 def test_bad_resume_combinations_exit_2(capsys, library, extra, message):
     paths = [] if message == "give image files" else [str(library)]
     code, _, err = run(capsys, *paths, *TINY, *extra)

@@ -425,7 +425,11 @@ def _run(args: argparse.Namespace) -> int:
         target = part_path(args.output, shard) if shard.is_distributed else args.output
         fmt = "jsonl" if shard.is_distributed else args.format
         append = args.resume and os.path.isfile(target)
-        stream = open(target, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+        try:
+            stream = open(target, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+        except OSError as error:
+            shard.leave()
+            return _fail(f"--output {args.output}: {error.strerror or error}")
         sink = ResultWriter(fmt, stream, header=not (append and os.path.getsize(target) > 0),
                             sync=args.batch_size)
 
