@@ -56,9 +56,13 @@ def _reference(paths: list[Path], labels=LABELS, threshold=0.0) -> dict[str, lis
     return {str(p): tags for p, tags in zip(paths, tagger(paths, threshold=threshold), strict=True)}
 
 
+def _records(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
 def _jsonl(out: str) -> dict[str, list[dict]]:
-    records = [json.loads(line) for line in out.splitlines()]
-    return {r["path"]: r["tags"] for r in records}
+    """path -> tags of the images that were tagged (failed inputs are in the output too, with tags null)."""
+    return {r["path"]: r["tags"] for r in _records(out) if r["error"] is None}
 
 
 def _assert_close(got: dict[str, list[dict]], expected: dict[str, list[dict]]) -> None:
@@ -195,10 +199,13 @@ def test_each_bad_file_is_reported_and_the_rest_are_tagged(capsys, photos, monke
                          "--format", "jsonl", "--batch-size", "2")
     assert code == 1
     assert list(_jsonl(out)) == [str(photos / name) for name in EXPECTED]  # every good image, in order
+    errors = {r["path"]: r["error"] for r in _records(out) if r["error"] is not None}
     for name, reason in reasons.items():
         lines = [line for line in err.splitlines() if str(photos / "bad" / name) in line]
         assert len(lines) == 1 and reason in lines[0], (name, err)
-    assert f"{photos / 'missing.png'}: no such file" in err
+        assert reason in errors[str(photos / "bad" / name)]  # failed inputs are in the output with their error
+    assert f"{photos / 'missing.png'}: no such file" in err and "no such file" in errors[str(photos / "missing.png")]
+    assert len(errors) == 6 and all(r["tags"] is None for r in _records(out) if r["error"])
     assert "4 image(s) tagged, 6 failed" in err
 
 
@@ -208,6 +215,7 @@ def test_a_single_bad_file_gives_exit_code_one(capsys, tmp_path, monkeypatch, ki
     good = _save(tmp_path / "good.png", 9)
     code, out, err = run(capsys, str(tmp_path / kind), str(good), *TINY, "--labels", "red", "--format", "jsonl")
     assert code == 1 and list(_jsonl(out)) == [str(good)] and str(tmp_path / kind) in err
+    assert [r["path"] for r in _records(out) if r["error"]] == [str(tmp_path / kind)]
 
 
 def test_odd_modes_and_exif_rotation_are_handled(capsys, tmp_path):
@@ -315,16 +323,25 @@ def test_bad_threshold_file_and_checkpoint_exit_2(capsys, photos, tmp_path):
     assert code == 2 and "nothing" in err
 
 
-def test_nothing_to_tag_exits_1(capsys, tmp_path):
-    code, out, err = run(capsys, str(tmp_path / "*.jpg"), *TINY)
-    assert code == 1 and out == "" and "no image files" in err
+def test_nothing_to_tag_exits_2(capsys, tmp_path):
+    code, out, err = run(capsys, str(tmp_path / "*.jpg"), *TINY, "--format", "jsonl")
+    assert code == 2 and "no such file" in err
+    assert [(r["path"], r["tags"]) for r in _records(out)] == [(str(tmp_path / "*.jpg"), None)]
+    (tmp_path / "bad.png").write_text("not an image")
+    code, out, err = run(capsys, str(tmp_path / "bad.png"), *TINY, "--format", "jsonl", "--labels", "red")
+    assert code == 2 and "not an image" in _records(out)[0]["error"]  # no input could be tagged
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, str(tmp_path / "empty"), *TINY)
+    assert code == 2 and out == "" and "no image files" in err
 
 
 def test_help_explains_the_command(capsys):
     with pytest.raises(SystemExit) as info:
         main(["tag", "--help"])
     assert info.value.code == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for option in ("--labels", "--checkpoint", "--pretrained", "--threshold-file", "--top-k", "--format",
-                   "--batch-size", "--device", "Exit code"):
+                   "--batch-size", "--device", "Exit code", "--output", "--resume", "--retry-failed", "--from-file",
+                   "--write", "--sidecar-name", "--input-size", "--levels", "torchrun", "thresholds.tsv",
+                   "'#' starts a comment", "130", "141"):
         assert option in text

@@ -22,9 +22,10 @@ from adds.tagger import (
     ThresholdSet,
     builtin_thresholds,
     builtin_vocabulary,
-    find_images,
+    labels_from_values,
     read_labels,
     read_thresholds,
+    split_label_text,
 )
 from adds.towers import TINY_MODEL, TowerConfig
 
@@ -81,9 +82,11 @@ def _assert_same_tags(got, expected, atol: float = 1e-5) -> None:
         assert tag["score"] == pytest.approx(by_label[tag["label"]], abs=atol)
 
 
-def test_scores_are_the_models_independent_sigmoids(tagger, adds_model):
-    image = _image(3)  # 64 px on a 32 px tower: Pyramid-Forwarding levels 0 and 1, as the model's own default
-    expected = adds_model(image, LABELS).sigmoid()[0]
+def test_scores_are_the_models_independent_sigmoids(adds_model):
+    image = _image(3)  # 64 px on a 32 px tower: a head trained at 64 px gets levels 0 and 1, its own default there
+    tagger = Tagger(adds_model, labels=LABELS, trained_input_size=64)
+    assert tagger.plan.levels == (0, 1) and tagger.plan.input_size == 64
+    expected = adds_model(image, LABELS).sigmoid()[0].detach()
     torch.testing.assert_close(tagger.scores(image)[0], expected, rtol=1e-5, atol=1e-5)
     assert not math.isclose(float(expected.sum()), 1.0, abs_tol=1e-3)  # not a distribution over labels
 
@@ -108,41 +111,46 @@ def test_bad_path_raises_image_load_error_naming_it(tagger, tmp_path):
 # -- sizes and Pyramid-Forwarding --------------------------------------------------------------------------------
 
 
-def test_levels_are_chosen_from_the_image_size_and_capped(tagger, adds_model):
-    assert tagger.levels_for(32, 32) == (0,)
-    assert tagger.levels_for(20, 50) == (0, 1)
-    assert tagger.levels_for(500, 300) == (0, 1)  # capped at max_level=1
-    deep = Tagger(adds_model, TaggerConfig(max_level=3), labels=LABELS)
-    assert deep.levels_for(500, 300) == (0, 1, 2, 3)  # 32 * 2^4 = 512 >= 500, capped at 3
-    assert deep.levels_for(128, 100) == (0, 1, 2)
+def test_every_image_gets_the_heads_plan_whatever_its_size(adds_model):
+    tagger = Tagger(adds_model, labels=LABELS)  # no training record: the tower's size, one crop
+    assert (tagger.plan.input_size, tagger.plan.levels, tagger.plan.num_crops) == (32, (0,), 1)
+    for height, width in ((10, 10), (500, 300), (64, 64)):
+        assert tagger.levels_for(height, width) == (0,)
+        assert tagger.prepare(_image(0, height, width)).pixels.shape == (3, 32, 32)
+    trained = Tagger(adds_model, labels=LABELS, trained_input_size=48)
+    assert (trained.plan.input_size, trained.plan.levels, trained.plan.num_crops) == (48, (0, 1), 5)
+    assert trained.prepare(_image(0, 500, 20)).pixels.shape == (3, 48, 48)
     fixed = Tagger(adds_model, TaggerConfig(levels=(0, 2)), labels=LABELS)
     assert fixed.levels_for(10, 10) == (0, 2)
     assert fixed.prepare(_image(0, 10, 10)).pixels.shape == (3, 128, 128)
+    sized = Tagger(adds_model, TaggerConfig(input_size=40), labels=LABELS, trained_input_size=48)
+    assert (sized.plan.input_size, sized.plan.levels) == (40, (0, 1))
+    with pytest.raises(ValueError, match="level 2"):
+        Tagger(adds_model, TaggerConfig(input_size=40, levels=(0, 2)), labels=LABELS)
 
 
-def test_pyramid_is_used_for_large_images(tagger, adds_model):
+def test_pyramid_levels_change_the_scores(adds_model):
     image = _image(4, 64, 64)
-    single_crop = Tagger(adds_model, TaggerConfig(max_level=0), labels=LABELS)
-    assert single_crop.levels_for(64, 64) == (0,)
-    with_pyramid = tagger.scores(image)
-    without = single_crop.scores(image)
-    assert not torch.allclose(with_pyramid, without, atol=1e-4)  # the 4 level-1 crops change the scores
+    single_crop = Tagger(adds_model, labels=LABELS)
+    with_pyramid = Tagger(adds_model, labels=LABELS, trained_input_size=64)
+    assert not torch.allclose(with_pyramid.scores(image), single_crop.scores(image), atol=1e-4)
 
 
-def test_images_of_different_sizes_in_one_call(tagger):
+def test_images_of_different_sizes_in_one_call(adds_model):
+    tagger = Tagger(adds_model, labels=LABELS, trained_input_size=64)
     images = [_image(5, 64, 64), _image(6, 32, 32), _image(7, 100, 40), _image(8, 17, 90), _image(9, 64, 64)]
     together = tagger(images, threshold=0.0)
     for image, tags in zip(images, together, strict=True):
         _assert_same_tags(tags, tagger(image, threshold=0.0))
     prepared = [tagger.prepare(image) for image in images]
-    assert [p.levels for p in prepared] == [(0, 1), (0,), (0, 1), (0, 1), (0, 1)]
+    assert [p.levels for p in prepared] == [(0, 1)] * 5
     assert prepared[2].size == (100, 40) and prepared[2].pixels.shape == (3, 64, 64)
 
 
 def test_batch_size_does_not_change_scores(adds_model):
     images = [_image(i, 32 + 8 * i, 40) for i in range(5)]
-    one = Tagger(adds_model, TaggerConfig(batch_size=1), labels=LABELS).scores(images)
-    many = Tagger(adds_model, TaggerConfig(batch_size=4), labels=LABELS).scores(images)
+    one = Tagger(adds_model, TaggerConfig(batch_size=1), labels=LABELS, trained_input_size=64).scores(images)
+    many = Tagger(adds_model, TaggerConfig(batch_size=4), labels=LABELS, trained_input_size=64).scores(images)
     torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-5)
 
 
@@ -253,14 +261,41 @@ def test_checkpoint_vocabulary_and_thresholds_are_the_defaults(adds_model, tmp_p
     plain = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu")
     assert plain.uses_builtin_vocabulary
     (tmp_path / "ckpt" / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
-    (tmp_path / "ckpt" / "thresholds.txt").write_text("a dog\t0.25\n", encoding="utf-8")
+    (tmp_path / "ckpt" / "thresholds.tsv").write_text("a dog\t0.25\n", encoding="utf-8")
     tagger = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu")
     assert tagger.labels == LABELS and not tagger.uses_builtin_vocabulary
     assert tagger.thresholds == ThresholdSet(default=0.5, per_label={"a dog": 0.25})
-    image = _image(15)
+    image = _image(15, 32, 32)
     torch.testing.assert_close(tagger.scores(image), adds_model(image, LABELS).sigmoid(), rtol=1e-5, atol=1e-5)
     override = Tagger.from_checkpoint(tmp_path / "ckpt", device="cpu", labels=["x", "y"])
     assert override.labels == ["x", "y"]
+
+
+def test_checkpoint_thresholds_tsv_is_read_before_the_legacy_txt(adds_model, tmp_path):
+    directory = adds_model.save_pretrained(tmp_path / "ckpt")
+    (directory / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    (directory / "thresholds.txt").write_text("a dog\t0.25\n", encoding="utf-8")
+    assert Tagger.from_checkpoint(directory, device="cpu").thresholds.per_label == {"a dog": 0.25}  # fallback
+    (directory / "thresholds.tsv").write_text("# calibrated\nlabel\tthreshold\nred square\t0.7\na dog\t0.3\n",
+                                              encoding="utf-8")
+    assert Tagger.from_checkpoint(directory, device="cpu").thresholds.per_label == {"red square": 0.7, "a dog": 0.3}
+
+
+def test_per_label_thresholds_for_labels_not_in_the_list_are_refused(tagger, adds_model, tmp_path):
+    typo = tmp_path / "thr.tsv"
+    typo.write_text("red square\t0.4\ndgo\t0.3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"thr.tsv.*'dgo'"):
+        tagger(_image(0), threshold=typo)
+    with pytest.raises(ValueError, match="'dgo'"):
+        tagger(_image(0), threshold={"dgo": 0.3})
+    with pytest.raises(ValueError, match="'dgo'"):
+        Tagger(adds_model, labels=LABELS, thresholds=typo)
+    with pytest.raises(ValueError, match="'dgo'"):
+        list(tagger.tag_files([], threshold=typo))
+    assert len(tagger(_image(0), labels=["red square"], threshold={"red square": 0.0})) == 1
+    # the tagger's own (built-in) thresholds are not "explicit": a custom label list is fine with them
+    builtin = Tagger(adds_model)
+    assert len(builtin(_image(0), labels=["dog", "cat"], threshold=None)) <= 2
 
 
 def test_set_labels_computes_embeddings_once(tagger, monkeypatch):
@@ -284,11 +319,28 @@ def test_duplicate_labels_are_refused(tagger):
 
 def test_read_labels(tmp_path):
     path = tmp_path / "labels.txt"
-    path.write_text("cat\n\n  dog  \nred car", encoding="utf-8")
+    path.write_text("\ufeff# my labels\ncat\n\n  dog  \n   # not a label either\nred car", encoding="utf-8")
     assert read_labels(path) == ["cat", "dog", "red car"]
     path.write_text("cat\ncat\n", encoding="utf-8")
     with pytest.raises(ValueError, match="labels.txt"):
         read_labels(path)
+    with pytest.raises(ValueError, match="missing.txt does not exist"):
+        read_labels(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="is a folder"):
+        read_labels(tmp_path)
+
+
+def test_labels_from_values_tells_word_lists_from_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("sea\nsky\n", encoding="utf-8")
+    (tmp_path / "photos").mkdir()
+    assert labels_from_values(["dog, cat", "mine.txt", "red car"]) == ["dog", "cat", "sea", "sky", "red car"]
+    assert labels_from_values(["AC/DC,"]) == ["AC/DC"]  # a comma forces a word list
+    for value, message in (("mylabels.txt", "mylabels.txt does not exist"), ("photos", "photos is a folder"),
+                           ("lists/tags", "tags does not exist"), (" , ", "no label"), ("dog,dog", "Duplicate")):
+        with pytest.raises(ValueError, match=message):
+            labels_from_values([value])
+    assert split_label_text(" dog, cat\n\ndog ,red car\r\n") == ["dog", "cat", "dog", "red car"]
 
 
 # -- label-list dependence (documented) --------------------------------------------------------------------------
@@ -359,17 +411,3 @@ def test_tag_files_reports_bad_files_and_keeps_order(tagger, tmp_path):
         assert [r.error is None for r in results] == [True, True, False, True, True]
         assert results[2].tags is None and "not an image" in results[2].error
         _assert_same_tags(results[4].tags, small(paths[4]))
-
-
-def test_find_images_recurses_skips_hidden_and_expands_globs(tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / ".hidden").mkdir()
-    for name in ("a/1.jpg", "a/b/2.PNG", "a/b/6.png", "a/notes.txt", ".hidden/3.png", "a/.4.png", "5.webp", "odd.data"):
-        (tmp_path / name).write_bytes(b"x")
-    files, unmatched = find_images([tmp_path / "a", str(tmp_path / "*.webp"), tmp_path / "odd.data",
-                                    tmp_path / "missing.jpg", str(tmp_path / "*.none"), tmp_path / "a" / "1.jpg"])
-    assert files == [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "a" / "b" / "2.PNG"),
-                     str(tmp_path / "a" / "b" / "6.png"), str(tmp_path / "5.webp"), str(tmp_path / "odd.data")]
-    assert unmatched == [str(tmp_path / "missing.jpg"), str(tmp_path / "*.none")]
-    recursive, _ = find_images([str(tmp_path / "**" / "*.png")])
-    assert recursive == [str(tmp_path / "a" / "b" / "6.png")]  # glob: case-sensitive, no hidden entries

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from adds.cli import main
 from adds.decoder import DecoderConfig
 from adds.model import ADDS, ADDSConfig
 from adds.tagger import Tagger
@@ -84,9 +86,25 @@ def test_defaults_are_the_tagger_vocabulary_thresholds_and_page_top_k(client, ta
     assert [t["label"] for t in body["tags"]] == [t["label"] for t in expected]
 
 
-def test_typed_labels_are_split_and_deduplicated():
-    assert parse_label_text(" dog, cat\n\ndog ,red car\r\n") == ["dog", "cat", "red car"]
-    assert parse_label_text(" , \n") == []
+def test_typed_labels_follow_the_cli_and_api_rules():
+    assert parse_label_text(" dog, cat\n\nred car\r\n") == ["dog", "cat", "red car"]
+    assert parse_label_text(" , \n") is None
+    with pytest.raises(ValueError, match="Duplicate label 'dog'"):
+        parse_label_text("dog, cat\ndog")
+
+
+def test_duplicate_labels_are_refused_like_the_cli_and_the_api(client, tagger):
+    response = _post(client, _png(4), labels="sunset, a dog\nsunset")
+    assert response.status_code == 400 and "Duplicate label 'sunset'" in response.json()["detail"]
+    with pytest.raises(ValueError, match="Duplicate label 'sunset'"):
+        tagger(torch.rand(3, 32, 32), labels=["sunset", "a dog", "sunset"])
+    assert main(["tag", "x.png", "--labels", "sunset,a dog,sunset"]) == 2
+
+
+def test_info_shows_the_input_plan(tiny_towers):
+    model = ADDS(ADDSConfig(decoder=DecoderConfig(num_layers=1, num_heads=4, ffn_dim=64)), towers=tiny_towers)
+    info = TestClient(create_app(Tagger(model, labels=LABELS, trained_input_size=48))).get("/api/info").json()
+    assert (info["input_size"], info["levels"], info["crops"]) == (48, [0, 1], 5)
 
 
 @pytest.mark.parametrize(
@@ -195,21 +213,38 @@ def test_upload_type_labels_and_see_the_scores_as_bars_in_chromium(tagger, tmp_p
 
 
 def test_serve_command_is_registered_and_explains_itself(capsys):
-    from adds.cli import main
-
     with pytest.raises(SystemExit) as info:
         main(["serve", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "--host" in text and "--port" in text and "--checkpoint" in text and "127.0.0.1" in text
+    assert "--input-size" in text and "--levels" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_serve_refuses_bad_arguments_before_starting(capsys, tmp_path):
-    from adds.cli import main
-
-    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--port", "8000"]) == 2
+    port = str(_free_port())
+    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--port", port]) == 2
     assert "none" in capsys.readouterr().err
     assert main(["serve", "--port", "0"]) == 2
+    assert main(["serve", "--labels", "dog,dog", "--port", port, "--model", "adds-tiny-vit",
+                 "--pretrained", "none"]) == 2
+    assert "Duplicate label" in capsys.readouterr().err
+
+
+def test_serve_says_when_the_port_is_taken_before_loading_a_model(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--checkpoint", "/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err and "nowhere" not in err
 
 
 def test_static_folder_is_self_contained():

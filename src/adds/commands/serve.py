@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import socket
 import sys
 import textwrap
 
@@ -43,6 +44,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_address(host: str, port: int) -> str | None:
+    """``None`` when ``host:port`` can be listened on, else why not (port in use, unknown host), before the model
+    is loaded -- uvicorn would only log it after."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"--host {host}: {error.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return f"cannot listen on {host}:{port}: {error.strerror}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     def fail(message: str) -> int:
         print(f"adds serve: error: {message}", file=sys.stderr)
@@ -61,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"adds serve: warning: listening on {args.host}, reachable from other machines; the demo has no "
               "authentication", file=sys.stderr)
+    problem = _check_address(args.host, args.port)
+    if problem is not None:
+        return fail(problem)
+    if args.input_size is not None and args.input_size < 1:
+        return fail(f"--input-size must be >= 1, got {args.input_size}")
     try:
         tagger = build_tagger(args)
     except UsageError as error:

@@ -1,8 +1,10 @@
 """``adds tag``: tag image files, folders and globs with any words (see :mod:`adds.tagger` and docs/tagging.md).
 
-Exit codes: 0 every image was tagged; 1 at least one path failed (a bad image, a missing path, an empty glob) --
-the others are still tagged and printed; 2 nothing was tagged because of the arguments or the model (bad option,
-unreadable label or threshold file, unknown model, weights not available offline, bad checkpoint).
+Exit codes: 0 every input was tagged; 1 some inputs failed (a bad image, a missing path, an empty glob, a sidecar
+that could not be written) -- the others are still tagged and written, failed ones with their error; 2 bad arguments
+or nothing could run (bad option, unreadable label or threshold file, unknown model, weights not available, bad
+checkpoint, no image found, no input could be tagged); 130 interrupted (Ctrl+C; ``--resume`` continues); 141 the
+output was closed early (``| head``), which ends the run quietly.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "jsonl", "csv")
+RESUMABLE = ("jsonl", "csv")
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "openai"
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -27,12 +33,14 @@ class UsageError(Exception):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that pick the scorer, its labels and thresholds (shared by ``adds tag`` and ``adds serve``)."""
+    """Options that pick the scorer, its labels, thresholds and input plan (shared by ``adds tag`` and ``serve``)."""
     group = parser.add_argument_group("model")
     which = group.add_mutually_exclusive_group()
     which.add_argument(
         "--checkpoint", metavar="PATH",
-        help="a trained ADDS head (a directory written by ADDS.save_pretrained); its config names the towers",
+        help="a trained ADDS head (a directory written by ADDS.save_pretrained / adds train); its config names the "
+        "towers, its labels.txt is the default vocabulary, its thresholds.tsv (from adds calibrate / adds train) "
+        "the default per-label thresholds, its training.json the input size",
     )
     which.add_argument(
         "--model", metavar="NAME",
@@ -52,13 +60,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt templates of the CLIP baseline: 'paper' (2 prompts, fast) or 'clip80' (CLIP's 80) "
         "(default: %(default)s; a checkpoint uses its own)",
     )
-    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu; "
+                       "under torchrun: cuda:LOCAL_RANK)")
 
     labels = parser.add_argument_group("labels and thresholds")
     labels.add_argument(
         "--labels", action="append", metavar="WORDS|FILE",
-        help="comma-separated label words, or a file with one label per line; may be repeated. Default: the "
-        "checkpoint's labels.txt, else the built-in 4,585-tag vocabulary (Recognize Anything)",
+        help="label words separated by commas ('dog, cat, red car'), or a label file (one label per line, '#' "
+        "starts a comment line); may be repeated. A value is a FILE when it names an existing file or folder, or "
+        "has no comma and contains '/' or ends in .txt/.tsv/.csv/.list/.lst/.labels -- such a file must exist "
+        "(add a comma to force words: 'AC/DC,'). Duplicates are refused. Default: the checkpoint's labels.txt, "
+        "else the built-in 4,585-tag vocabulary (Recognize Anything)",
     )
     labels.add_argument(
         "--threshold", type=float, metavar="X",
@@ -67,38 +79,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     labels.add_argument(
         "--threshold-file", metavar="F",
-        help="per-label thresholds: 'label<TAB>threshold' lines or a JSON object {label: threshold}",
+        help="per-label thresholds: 'label<TAB>threshold' lines (as adds calibrate writes thresholds.tsv) or a JSON "
+        "object {label: threshold}; naming a label that is not being tagged is an error (a typo)",
     )
     labels.add_argument("--top-k", type=int, metavar="K", help="keep at most K tags per image (after thresholds)")
 
-    pyramid = parser.add_argument_group("Pyramid-Forwarding (ADDS checkpoints)")
-    pyramid.add_argument(
-        "--levels", metavar="auto|0,1,...",
-        help="pyramid levels for every image, e.g. 0,1,2 (Table 7); default 'auto': chosen from each image's size",
+    plan = parser.add_argument_group("input plan (ADDS checkpoints; the CLIP baseline uses one view)")
+    plan.add_argument(
+        "--input-size", type=int, metavar="PX",
+        help="squash images to PX x PX (default: the size the head was trained at, from its training.json, else "
+        "the tower's size) -- the plan adds eval uses",
     )
-    pyramid.add_argument(
-        "--max-level", type=int, default=1, metavar="L",
-        help="highest level the automatic choice uses; level L costs 4^L crops (default: %(default)s)",
+    plan.add_argument(
+        "--levels", metavar="0,1,...",
+        help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); 'auto' = the head's "
+        "(default)",
     )
 
 
 def parse_labels(values: Sequence[str] | None) -> list[str] | None:
-    """``--labels`` values (comma-separated words or label files) -> a label list, or ``None`` when not given."""
-    from adds.prompts import validate_labels
-    from adds.tagger import read_labels
+    """``--labels`` values (word lists or label files, :func:`adds.tagger.labels_from_values`) -> labels or None."""
+    from adds.tagger import labels_from_values
 
     if not values:
         return None
-    labels: list[str] = []
-    for value in values:
-        if os.path.isfile(value):
-            labels.extend(read_labels(value))
-        else:
-            labels.extend(word.strip() for word in value.split(",") if word.strip())
-    if not labels:
-        raise UsageError("--labels gave no label")
     try:
-        return validate_labels(labels)
+        return labels_from_values(values)
     except ValueError as error:
         raise UsageError(f"--labels: {error}") from error
 
@@ -112,21 +118,24 @@ def _parse_levels(value: str | None) -> tuple[int, ...] | None:
         raise UsageError(f"--levels must be 'auto' or comma-separated integers like 0,1,2, got {value!r}") from error
 
 
-def build_tagger(args: argparse.Namespace):
-    """The :class:`~adds.tagger.Tagger` the model options describe; raises :class:`UsageError` with the reason."""
+def build_tagger(args: argparse.Namespace, device: str | None = None):
+    """The :class:`~adds.tagger.Tagger` the model options describe; raises :class:`UsageError` with the reason.
+
+    ``device`` replaces ``args.device`` (a torchrun rank's own GPU)."""
     import torch
 
     from adds.model import CheckpointError
     from adds.tagger import CLIPBaselineConfig, Tagger, TaggerConfig, ThresholdSet, read_thresholds
     from adds.towers import WeightsUnavailableError
 
-    if args.device is not None:
+    device = device or args.device
+    if device is not None:
         try:
-            device = torch.device(args.device)
+            resolved = torch.device(device)
         except RuntimeError as error:
             raise UsageError(f"--device: {error}") from error
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
     try:
         labels = parse_labels(args.labels)
         config = TaggerConfig(
@@ -134,11 +143,12 @@ def build_tagger(args: argparse.Namespace):
             top_k=args.top_k,
             batch_size=getattr(args, "batch_size", 16),
             levels=_parse_levels(args.levels),
-            max_level=args.max_level,
+            input_size=args.input_size,
         )
         thresholds = None
         if args.threshold_file is not None:
-            thresholds = ThresholdSet(default=config.threshold, per_label=read_thresholds(args.threshold_file))
+            thresholds = ThresholdSet(default=config.threshold, per_label=read_thresholds(args.threshold_file),
+                                      source=args.threshold_file)
         elif args.threshold is not None:
             thresholds = ThresholdSet(default=args.threshold)
         pretrained = args.pretrained
@@ -147,14 +157,14 @@ def build_tagger(args: argparse.Namespace):
         if args.checkpoint is not None:
             if args.pretrained is not None and pretrained is None:
                 raise UsageError("--pretrained none cannot replace a checkpoint's tower weights")
-            return Tagger.from_checkpoint(args.checkpoint, device=args.device, tower_weights=pretrained,
+            return Tagger.from_checkpoint(args.checkpoint, device=device, tower_weights=pretrained,
                                           config=config, labels=labels, thresholds=thresholds)
         model = args.model or DEFAULT_MODEL
         if args.pretrained is None:
             pretrained = DEFAULT_PRETRAINED
         if pretrained is None:
             logger.warning("--pretrained none: random tower weights, the scores carry no meaning (tests/debugging)")
-        return Tagger.clip_baseline(model, pretrained, device=args.device, config=config,
+        return Tagger.clip_baseline(model, pretrained, device=device, config=config,
                                     baseline=CLIPBaselineConfig(templates=args.templates), cache_dir=args.cache_dir,
                                     labels=labels, thresholds=thresholds)
     except (WeightsUnavailableError, CheckpointError, ValueError, OSError) as error:
@@ -167,122 +177,360 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="tag images, folders and globs with any words",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Score every image against label words and print the tags above threshold, best first.
+            Score every image against label words and write the tags above threshold, best first.
 
             Scorer: a trained ADDS head (--checkpoint DIR) or the training-free CLIP baseline (--model NAME
             --pretrained TAG|FILE; the default is ViT-B-32-quickgelu with OpenAI's weights). Scores are
-            independent per label, in [0, 1], and do not sum to 1.
+            independent per label, in [0, 1], and do not sum to 1. A checkpoint's calibrated thresholds.tsv
+            (adds calibrate) is used by default.
 
-            Inputs: files, folders (searched recursively for image files; hidden entries skipped) and glob
-            patterns ('photos/**/*.jpg'). A file that cannot be read (missing, empty, corrupt, truncated, not
-            an image, a decompression bomb) is reported on stderr with its path and skipped; the rest are tagged.
+            Inputs: files, folders (searched recursively for image files; hidden entries skipped; symlinked
+            folders followed, each real folder and each real file once) and glob patterns ('photos/**/*.jpg'),
+            or a list of them with --from-file. A file that cannot be read (missing, empty, corrupt, truncated,
+            not an image, a decompression bomb) is reported on stderr and in the output with its error; the rest
+            are tagged.
 
-            Results are printed as soon as each batch is ready. Exit code: 0 all tagged, 1 some path failed,
-            2 bad arguments or the model could not be loaded."""),
+            Large libraries: --output FILE --resume appends to FILE and skips what it already holds, so an
+            interrupted run continues; under torchrun every process tags its share and the outputs are merged
+            in input order:  torchrun --nproc_per_node=4 -m adds tag photos/ --output tags.jsonl
+
+            Exit code: 0 all tagged; 1 some inputs failed; 2 bad arguments or nothing could run (no image found,
+            none could be tagged); 130 interrupted; 141 output closed early (e.g. | head)."""),
         epilog="examples:\n"
         "  adds tag photos/ --labels dog,cat,beach,sunset\n"
         "  adds tag 'shots/**/*.jpg' --labels labels.txt --threshold 0.6 --format jsonl > tags.jsonl\n"
-        "  adds tag img.png --checkpoint runs/coco/best --top-k 5\n"
+        "  adds tag photos/ --checkpoint runs/coco/best --output tags.jsonl --resume   # rerun after Ctrl+C\n"
+        "  find /photos -name '*.jpg' | adds tag --from-file - --format csv --output tags.csv\n"
+        "  adds tag photos/ --checkpoint runs/coco/best --write xmp          # photo.jpg.xmp sidecars\n"
         "  adds tag img.png --model ViT-B-32-quickgelu --pretrained ~/weights/ViT-B-32.pt   # offline, local file",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATHS", help="image files, folders or glob patterns")
+    parser.add_argument("paths", nargs="*", metavar="PATHS", help="image files, folders or glob patterns")
+    parser.add_argument("--from-file", metavar="F|-",
+                        help="also tag the paths listed in F, one per line ('-' = standard input, not under torchrun); "
+                        "each line is used like a PATHS argument")
     add_model_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--format", choices=FORMATS, default="table",
-        help="table (readable), json (one array at the end), jsonl (one object per image, streamed), csv "
-        "(path,label,score rows; an image without tags gets one row with empty label) (default: %(default)s)",
+        help="table (readable), json (one array at the end), jsonl (one {path, tags, error} object per input, "
+        "streamed), csv (path,label,score,error rows; an image without tags gets one row with empty label, a "
+        "failed input one row with its error) (default: %(default)s)",
     )
+    out.add_argument("-o", "--output", metavar="FILE",
+                     help="write the results to FILE instead of standard output (replaced, unless --resume)")
+    out.add_argument("--resume", action="store_true",
+                     help="with --output and --format jsonl or csv: append to FILE and skip every input it already "
+                     "holds (a partial last line from a killed run is dropped); failed inputs are not retried "
+                     "unless --retry-failed")
+    out.add_argument("--retry-failed", action="store_true",
+                     help="with --resume: tag the inputs FILE records as failed again (a new record is appended; "
+                     "the last record of a path is the current one)")
+    out.add_argument("--write", action="append", choices=("xmp", "embedded"), default=None,
+                     help="also write the tags where photo tools read them: 'xmp' creates or updates XMP sidecars "
+                     "(dc:subject keywords, scores in the adds namespace; other fields and your own keywords are "
+                     "kept); 'embedded' writes the same XMP into the image files themselves (changes your files: "
+                     "only when asked). Needs the [xmp] extra (pyexiv2)")
+    out.add_argument("--sidecar-name", choices=("full", "stem"), default="full",
+                     help="sidecar file name: full = photo.jpg.xmp (digiKam, darktable), stem = photo.xmp "
+                     "(Lightroom, Capture One) (default: %(default)s)")
     out.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
     out.add_argument("--workers", type=int, default=2, metavar="N",
                      help="threads decoding images ahead of the model (0 = none; default: %(default)s)")
     out.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                     help="progress bar on stderr; auto = when stderr is a terminal and there is more than one "
-                     "batch (default: %(default)s)")
+                     help="progress bars on stderr (finding files, tagging; rank 0 only under torchrun); auto = when "
+                     "stderr is a terminal (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
-class _Writer:
-    """Writes results in one of :data:`FORMATS`, flushing after every record so results stream."""
+@dataclass
+class _Counts:
+    tagged: int = 0
+    failed: int = 0
+    done_ok: int = 0
+    done_failed: int = 0
+    interrupted: bool = False
 
-    def __init__(self, fmt: str, stream: TextIO) -> None:
-        import csv
 
-        self.fmt = fmt
-        self.stream = stream
-        self.collected: list[dict[str, Any]] = []
-        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
-        if self.csv is not None:
-            self.csv.writerow(["path", "label", "score"])
-
-    def write(self, path: str, tags: list[dict[str, Any]]) -> None:
-        import json
-
-        record = {"path": path, "tags": [{"label": t["label"], "score": round(t["score"], 6)} for t in tags]}
-        if self.fmt == "json":
-            self.collected.append(record)
-            return
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        elif self.csv is not None:
-            for tag in record["tags"] or [{"label": "", "score": ""}]:
-                self.csv.writerow([path, tag["label"], tag["score"]])
-        else:
-            lines = [path] + [f"  {t['score']:.3f}  {t['label']}" for t in tags]
-            self.stream.write("\n".join(lines if tags else lines + ["  (no tag above threshold)"]) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        import json
-
-        if self.fmt == "json":
-            self.stream.write(json.dumps(self.collected, indent=2, ensure_ascii=False) + "\n")
-            self.stream.flush()
+def _fail(message: str) -> int:
+    print(f"adds tag: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl+C while loading the model or finding files (the tagging loop handles its own)
+        print("adds tag: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly. Python's documented recipe: point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _check_arguments(args: argparse.Namespace) -> str | None:
+    if args.batch_size < 1:
+        return f"--batch-size must be >= 1, got {args.batch_size}"
+    if args.workers < 0:
+        return f"--workers must be >= 0, got {args.workers}"
+    if args.top_k is not None and args.top_k < 1:
+        return f"--top-k must be >= 1, got {args.top_k}"
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        return f"--threshold must be in [0, 1], got {args.threshold}"
+    if args.input_size is not None and args.input_size < 1:
+        return f"--input-size must be >= 1, got {args.input_size}"
+    if not args.paths and args.from_file is None:
+        return "give image files, folders or globs, or --from-file F"
+    if args.resume and args.output is None:
+        return "--resume needs --output FILE (the file to continue)"
+    if args.resume and args.format not in RESUMABLE:
+        return f"--resume needs --format jsonl or csv (a {args.format} file cannot be appended to)"
+    if args.retry_failed and not args.resume:
+        return "--retry-failed only makes sense with --resume"
+    if args.output is not None and os.path.isdir(args.output):
+        return f"--output {args.output} is a folder; give a file name"
+    if args.write:
+        from adds.tagger.xmp import xmp_available
+
+        missing = xmp_available()
+        if missing is not None:
+            return f"--write {','.join(args.write)}: {missing}"
+    return None
+
+
+def _key(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _progress(args: argparse.Namespace, shard) -> bool:
+    if not shard.is_main or args.progress == "off":
+        return False
+    return args.progress == "on" or sys.stderr.isatty()
+
+
+def _find(args: argparse.Namespace, shard, show: bool) -> tuple[list[str], list[str]]:
     from tqdm import tqdm
 
-    from adds.tagger import find_images
+    from adds.tagger import find_images, read_path_list
 
-    def fail(message: str) -> int:
-        print(f"adds tag: error: {message}", file=sys.stderr)
-        return 2
+    paths = list(args.paths)
+    if args.from_file is not None:
+        if args.from_file == "-" and shard.is_distributed:
+            raise UsageError("--from-file - (standard input) cannot be shared by torchrun processes: give a file")
+        try:
+            paths += read_path_list(args.from_file)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    with tqdm(unit="file", desc="finding images", file=sys.stderr, disable=not show, leave=False) as bar:
+        def found(count: int) -> None:
+            bar.update(count - bar.n)
 
-    if args.batch_size < 1:
-        return fail(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        return fail(f"--workers must be >= 0, got {args.workers}")
-    if args.top_k is not None and args.top_k < 1:
-        return fail(f"--top-k must be >= 1, got {args.top_k}")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        return fail(f"--threshold must be in [0, 1], got {args.threshold}")
-    files, unmatched = find_images(args.paths)
-    failed = 0
-    for path in unmatched:
-        print(f"adds tag: error: {path}: no such file or directory, or no image matches the pattern", file=sys.stderr)
-        failed += 1
-    if not files:
-        print("adds tag: error: no image files to tag", file=sys.stderr)
-        return 1
-    try:
-        tagger = build_tagger(args)
-    except UsageError as error:
-        return fail(str(error))
+        return find_images(paths, on_found=found)
 
-    show = args.progress == "on" or (args.progress == "auto" and len(files) > args.batch_size and sys.stderr.isatty())
-    writer = _Writer(args.format, sys.stdout)
-    tagged = 0
-    with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
-        for result in tagger.tag_files(files, workers=args.workers):
-            if result.error is not None:
-                failed += 1
-                tqdm.write(f"adds tag: error: {result.path}: {result.error}", file=sys.stderr)
+
+def _previous(args: argparse.Namespace, shard) -> list:
+    """Records a resumed run already has: the output file, then every part file of earlier sharded runs."""
+    from adds.tagger.output import read_results
+    from adds.tagger.shards import part_files, part_path
+
+    if not args.resume:
+        return []
+    records = []
+    if os.path.isfile(args.output):
+        records += read_results(args.output, args.format, repair=not shard.is_distributed)
+    own = part_path(args.output, shard) if shard.is_distributed else None
+    for part in part_files(args.output):
+        records += read_results(part, "jsonl", repair=part == own)
+    return records
+
+
+def _scorer(args: argparse.Namespace, tagger) -> str:
+    from adds import __version__
+
+    info = tagger.describe()
+    what = f"ADDS head {args.checkpoint}" if args.checkpoint else "CLIP baseline"
+    return f"adds {__version__}: {what} on {info['model']} ({info['pretrained'] or 'random weights'})"
+
+
+def _write_metadata(args: argparse.Namespace, record, scorer: str) -> None:
+    from adds.tagger.xmp import XmpError, write_embedded, write_sidecar
+
+    image = os.path.realpath(record.path)  # beside the real file (where photo tools look), never over a symlink
+    for kind in dict.fromkeys(args.write or ()):
+        try:
+            if kind == "xmp":
+                write_sidecar(image, record.tags, scorer, naming=args.sidecar_name)
             else:
-                tagged += 1
-                writer.write(result.path, result.tags)
-            bar.update(1)
-    writer.close()
-    if failed:
-        print(f"adds tag: {tagged} image(s) tagged, {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+                write_embedded(image, record.tags, scorer)
+        except XmpError as error:
+            record.error = str(error)
+            return
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from adds.tagger import FileTags
+    from adds.tagger.output import ResultWriter
+    from adds.tagger.shards import join_torchrun, part_files, part_path
+
+    problem = _check_arguments(args)
+    if problem is not None:
+        return _fail(problem)
+    try:
+        shard = join_torchrun()
+    except (ValueError, RuntimeError) as error:
+        return _fail(f"cannot join the torchrun processes: {error}")
+    try:
+        show = _progress(args, shard)
+        files, unmatched = _find(args, shard, show)
+        if not files and not unmatched:
+            return _fail("no image files to tag")
+        previous = _previous(args, shard)
+        device = None
+        if shard.is_distributed and args.device is None:
+            import torch
+
+            device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+        tagger = build_tagger(args, device) if files else None
+    except UsageError as error:
+        shard.leave()
+        return _fail(str(error))
+    except ValueError as error:  # an unreadable results file to resume
+        shard.leave()
+        return _fail(str(error))
+
+    last: dict[str, Any] = {}
+    for record in previous:
+        last[_key(record.path)] = record
+    retry = args.retry_failed
+    done = {key for key, record in last.items() if record.ok or not retry}
+    counts = _Counts(done_ok=sum(record.tags is not None for record in last.values()),
+                     done_failed=sum(not record.ok and not retry for record in last.values()))
+    todo = [path for path in shard.take(files) if _key(path) not in done]
+    missing = [path for path in unmatched if _key(path) not in done] if shard.is_main else []
+
+    if args.output is not None and not args.resume and shard.is_main:
+        for stale in part_files(args.output):  # parts of an earlier, interrupted sharded run into the same file
+            stale.unlink()
+    shard.barrier()
+    collected: list[FileTags] = []
+    if args.output is None and shard.is_distributed:
+        sink = None
+    elif args.output is None:
+        sink = ResultWriter(args.format, sys.stdout)
+    else:
+        target = part_path(args.output, shard) if shard.is_distributed else args.output
+        fmt = "jsonl" if shard.is_distributed else args.format
+        append = args.resume and os.path.isfile(target)
+        try:
+            stream = open(target, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+        except OSError as error:
+            shard.leave()
+            return _fail(f"--output {args.output}: {error.strerror or error}")
+        sink = ResultWriter(fmt, stream, header=not (append and os.path.getsize(target) > 0),
+                            sync=args.batch_size)
+
+    def emit(record: FileTags) -> None:
+        if sink is None:
+            collected.append(record)
+        else:
+            sink.write(record)
+
+    scorer = _scorer(args, tagger) if tagger is not None and args.write else ""
+    try:
+        with tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
+            for path in missing:
+                counts.failed += 1
+                reason = "no such file or directory, or no image matches the pattern"
+                bar.write(f"adds tag: error: {path}: {reason}", file=sys.stderr)
+                emit(FileTags(path=path, error=reason))
+            for record in tagger.tag_files(todo, workers=args.workers) if todo else ():
+                if record.ok and args.write:
+                    _write_metadata(args, record, scorer)
+                counts.tagged += record.tags is not None  # a failed sidecar write: tagged *and* failed
+                if not record.ok:
+                    counts.failed += 1
+                    bar.write(f"adds tag: error: {record.path}: {record.error}", file=sys.stderr)
+                emit(record)
+                bar.update(1)
+    except KeyboardInterrupt:
+        counts.interrupted = True
+    finally:
+        if sink is not None:
+            sink.close()
+            if sink.stream is not sys.stdout:
+                sink.stream.close()
+    if counts.interrupted:
+        again = " run the same command with --resume to continue" if args.output else ""
+        print(f"adds tag: interrupted after {counts.tagged} image(s);{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _finish(args, shard, files, unmatched, counts, collected)
+
+
+def _finish(args: argparse.Namespace, shard, files: list[str], unmatched: list[str], counts: _Counts,
+            collected: list) -> int:
+    """Merge the shards (rank 0), print the summary and pick the exit code (0 / 1 / 2, documented above)."""
+    from adds.tagger.output import ResultWriter
+    from adds.tagger.shards import in_input_order
+
+    order = unmatched + files
+    shard.barrier()
+    totals = shard.gather((counts.tagged, counts.failed, collected if args.output is None else []))
+    try:
+        if not shard.is_main:
+            return 0
+        tagged = sum(t for t, _, _ in totals)
+        failed = sum(f for _, f, _ in totals)
+        if args.output is None and shard.is_distributed:
+            writer = ResultWriter(args.format, sys.stdout)
+            writer.write_all(in_input_order([r for _, _, part in totals for r in part], order))
+            writer.close()
+        elif args.output is None:
+            pass
+        else:
+            _merge_parts(args, order)
+    finally:
+        shard.leave()
+    if failed or counts.done_ok or counts.done_failed or args.output:
+        already = f", {counts.done_ok + counts.done_failed} already in {args.output}" if args.resume else ""
+        where = f" -> {args.output}" if args.output else ""
+        print(f"adds tag: {tagged} image(s) tagged, {failed} failed{already}{where}", file=sys.stderr)
+    failed += counts.done_failed
+    if failed == 0:
+        return 0
+    return 1 if tagged + counts.done_ok else 2
+
+
+def _merge_parts(args: argparse.Namespace, order: list[str]) -> None:
+    """Append the records of every part file to ``--output`` in input order (skipping records the output already
+    holds, so a merge interrupted after its rename is not repeated), atomically, then remove the parts."""
+    import json
+    import shutil
+    import tempfile
+
+    from adds.tagger.output import ResultWriter, read_results, record_to_dict
+    from adds.tagger.shards import in_input_order, part_files
+
+    parts = part_files(args.output)
+    if not parts:
+        return
+    new = [record for part in parts for record in read_results(part, "jsonl")]
+    keep_existing = args.resume and args.format in RESUMABLE and os.path.isfile(args.output)
+    existing = read_results(args.output, args.format) if keep_existing else []
+    seen = {json.dumps(record_to_dict(record), sort_keys=True) for record in existing}
+    new = in_input_order([r for r in new if json.dumps(record_to_dict(r), sort_keys=True) not in seen], order)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    handle, temporary = tempfile.mkstemp(prefix=".adds-merge-", dir=folder)
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+        if keep_existing:
+            with open(args.output, encoding="utf-8", newline="") as source:
+                shutil.copyfileobj(source, stream)
+        writer = ResultWriter(args.format, stream, header=not (keep_existing and os.path.getsize(args.output) > 0))
+        writer.write_all(new)
+        writer.close()
+    os.replace(temporary, args.output)
+    for part in parts:
+        part.unlink()

@@ -5,8 +5,9 @@ Routes:
 * ``GET /`` -- the page (``static/index.html`` + ``app.js`` + ``style.css``): upload an image, type labels, see scored
   tags as bars.
 * ``GET /api/info`` -- what the server runs (:meth:`Tagger.describe` plus upload limits).
-* ``POST /api/tag`` -- multipart form: ``image`` (the file), ``labels`` (comma- or newline-separated words; empty =
-  the tagger's default vocabulary), ``threshold`` (empty = the tagger's thresholds), ``top_k`` (empty = the page
+* ``POST /api/tag`` -- multipart form: ``image`` (the file), ``labels`` (comma- or newline-separated words, the
+  same rules as ``adds tag --labels`` and the Python API: a repeated or blank label is refused, never merged;
+  empty = the tagger's default vocabulary), ``threshold`` (empty = the tagger's thresholds), ``top_k`` (empty = the page
   default). Answers ``{"tags": [{"label", "score"}, ...], ...}`` -- exactly what ``tagger(image, labels, threshold,
   top_k)`` returns for the uploaded file -- or HTTP 400 with ``{"detail": reason}`` for a bad image or field, 413
   for an upload over the size limit.
@@ -30,7 +31,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from adds.data.images import ImageLoadError
-from adds.tagger import Tagger
+from adds.prompts import validate_labels
+from adds.tagger import Tagger, split_label_text
 
 __all__ = ["WebConfig", "create_app", "parse_label_text"]
 
@@ -54,14 +56,14 @@ class WebConfig:
     default_top_k: int = 20
 
 
-def parse_label_text(text: str) -> list[str]:
-    """Labels typed in the page: split on commas and new lines, blanks dropped, repeats dropped (order kept)."""
-    seen: dict[str, None] = {}
-    for part in re.split(r"[,\n\r]", text):
-        word = part.strip()
-        if word:
-            seen.setdefault(word, None)
-    return list(seen)
+def parse_label_text(text: str) -> list[str] | None:
+    """Labels typed in the page -> a checked list, or ``None`` for an empty box (the default vocabulary).
+
+    :func:`adds.tagger.split_label_text` and :func:`adds.prompts.validate_labels`: the rules of the CLI and the API.
+    Raises ``ValueError`` for a duplicate.
+    """
+    words = split_label_text(text)
+    return validate_labels(words) if words else None
 
 
 def _optional_number(text: str, name: str, cast: type, low: float, high: float | None = None) -> Any:
@@ -102,7 +104,10 @@ def create_app(tagger: Tagger, config: WebConfig | None = None) -> FastAPI:
         threshold: Annotated[str, Form()] = "",
         top_k: Annotated[str, Form()] = "",
     ) -> dict[str, Any]:
-        words = parse_label_text(labels) or None
+        try:
+            words = parse_label_text(labels)
+        except ValueError as error:
+            raise HTTPException(status_code=400, detail=f"labels: {error}") from error
         if words is not None and len(words) > config.max_labels:
             raise HTTPException(status_code=400, detail=f"at most {config.max_labels} labels, got {len(words)}")
         threshold_value = _optional_number(threshold, "threshold", float, 0.0, 1.0)

@@ -89,7 +89,8 @@ fetch("/api/info").then((r) => r.json()).then((info) => {
   const scorer = info.scorer === "adds" ? "ADDS head" : "training-free CLIP baseline";
   const vocab = info.vocabulary === "builtin" ? " (built-in vocabulary)" : "";
   document.getElementById("model-info").textContent =
-    `${scorer} on ${info.model} (${info.pretrained ?? "random weights"}), ${info.device}; ` +
+    `${scorer} on ${info.model} (${info.pretrained ?? "random weights"}), ${info.device}, ` +
+    `${info.input_size} px in ${info.crops} crop(s); ` +
     `default labels: ${info.vocabulary_size}${vocab}`;
 }).catch(() => {
   document.getElementById("model-info").textContent = "";
