@@ -27,14 +27,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 command="${1:-}"
-# The web demo's end-to-end test drives a real headless browser: Debian's chromium and chromedriver.
-if [ "$command" = "test" ] && ! command -v chromedriver >/dev/null 2>&1; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "[dev] installing Debian's chromium and chromium-driver for the browser test" >&2
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
-            || echo "[dev] could not install chromium; the browser test will fail" >&2
-    else
-        echo "[dev] chromium/chromedriver missing: install them (apt-get install chromium chromium-driver)" >&2
+# Tests drive real tools: Debian's headless chromium + chromedriver (the web demo) and exiftool (the independent
+# reader of the XMP sidecars `adds tag --write xmp` writes).
+if [ "$command" = "test" ]; then
+    missing=()
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+    command -v exiftool >/dev/null 2>&1 || missing+=(libimage-exiftool-perl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+            echo "[dev] installing Debian packages for the tests: ${missing[*]}" >&2
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
+                || echo "[dev] could not install ${missing[*]}; the tests that need them will fail" >&2
+        else
+            echo "[dev] missing tools for the tests: install ${missing[*]} (apt-get install ...)" >&2
+        fi
     fi
 fi
 shift || true
