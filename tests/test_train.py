@@ -17,6 +17,7 @@ import torch
 from adds.decoder import DecoderConfig
 from adds.evaluate import TensorFeatureDataset
 from adds.model import ADDS, ADDSConfig
+from adds.train.checkpoint import TrainingStateError
 from adds.train.config import (
     ConfigError,
     DataConfig,
@@ -32,7 +33,9 @@ from adds.train.config import (
 )
 from adds.train.distributed import DistributedContext, epoch_sampler
 from adds.train.ema import ModelEMA
-from adds.train.loop import Trainer, TrainingStateError, _parameter_groups, held_out_split
+from adds.train.loop import Trainer
+from adds.train.optim import parameter_groups as _parameter_groups
+from adds.train.run import held_out_split
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPENAI_MODELS = {"ViT-B-32-quickgelu", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu"}
@@ -263,7 +266,7 @@ def test_run_directory_contents_and_no_pickle(tmp_path, tiny_towers):
     result = trainer.fit()
     run = tmp_path / "run"
     checkpoint = sorted(p.name for p in (run / "checkpoint").iterdir())
-    assert checkpoint == ["state-epoch0002.safetensors", "state.json"]
+    assert checkpoint == ["state-epoch0002-step00000006.safetensors", "state.json"]
     for sub in ("best", "last", "last-ema"):
         assert sorted(p.name for p in (run / sub).iterdir()) == \
             ["config.json", "labels.txt", "model.safetensors", "training.json"]
@@ -280,11 +283,11 @@ def test_run_directory_contents_and_no_pickle(tmp_path, tiny_towers):
         _trainer(_config(run, tiny_towers, epochs=2), tiny_towers, train_set, val_set).fit()
     with pytest.raises(TrainingStateError, match="epochs: 2 -> 3"):
         _trainer(_config(run, tiny_towers, epochs=3), tiny_towers, train_set, val_set).fit(resume=True)
-    state = run / "checkpoint" / "state-epoch0002.safetensors"
+    state = run / "checkpoint" / "state-epoch0002-step00000006.safetensors"
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
     state.write_bytes(bytes(data))
-    with pytest.raises(TrainingStateError, match="state-epoch0002.safetensors"):
+    with pytest.raises(TrainingStateError, match="state-epoch0002-step00000006.safetensors"):
         _trainer(_config(run, tiny_towers, epochs=2), tiny_towers, train_set, val_set).fit(resume=True)
 
 

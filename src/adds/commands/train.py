@@ -13,10 +13,12 @@ examples:
   adds train --config configs/coco_vitl14_224.yaml
   adds train --config configs/coco_vitl14_224.yaml --set data.train.root=/data/coco --set data.test.root=/data/coco
   adds train --config configs/nuswide_zsl_vitb32_224.yaml --set optim.lr=1e-4 --set epochs=20 --run-dir runs/try
-  adds train --resume --run-dir runs/coco_vitl14_224            # continue a killed run exactly
+  adds train --resume --run-dir runs/coco_vitl14_224            # continue a killed run exactly (even mid-epoch)
+  adds train --config configs/coco_vitl14-336_640.yaml --set checkpoint_every=500 --verify-data
   torchrun --nproc_per_node=8 -m adds train --config configs/coco_vitl14-336_640.yaml   # 8 GPUs, same command
 
-Values after --set are YAML (null, true, [0, 1, 2], 3e-4). See docs/training.md.
+Values after --set are YAML (null, true, [0, 1, 2], 3e-4). Ctrl+C (SIGINT) or SIGTERM stops after the current step,
+writes a checkpoint and exits with 130 / 143; --resume continues from that step. See docs/training.md.
 """
 
 
@@ -41,6 +43,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="continue the run in the run directory from its last epoch checkpoint")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="leave after N epochs of this invocation (for time-limited jobs; --resume later)")
+    parser.add_argument("--stop-after-steps", type=int, metavar="N",
+                        help="leave after N batches of this invocation, with a mid-epoch checkpoint (--resume later)")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="check the feature caches (sizes, checksums, finite values) before training; the same "
+                        "as --set data.verify=true")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
 
@@ -48,6 +55,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from adds.train.checkpoint import TrainingStateError
     from adds.train.config import (
         ConfigError,
         apply_overrides,
@@ -56,10 +64,15 @@ def run(args: argparse.Namespace) -> int:
         load_config,
         read_config_file,
     )
-    from adds.train.loop import TrainingStateError, run_training, with_run_dir
+    from adds.train.interrupt import exit_code
+    from adds.train.run import run_training, with_run_dir
 
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        raise SystemExit(f"adds train: --stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
+    for flag, value in (("--stop-after-epochs", args.stop_after_epochs), ("--stop-after-steps", args.stop_after_steps)):
+        if value is not None and value < 1:
+            print(f"adds train: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    if args.verify_data:
+        args.overrides = [*args.overrides, "data.verify=true"]
     try:
         if args.config is not None:
             config = load_config(args.config, args.overrides)
@@ -68,21 +81,41 @@ def run(args: argparse.Namespace) -> int:
             saved.pop("resolved", None)
             config = config_from_mapping(apply_overrides(saved, args.overrides), where=f" ({args.run_dir})")
         else:
-            raise SystemExit("adds train: give --config FILE (or --resume --run-dir DIR to continue a run)")
+            print("adds train: give --config FILE (or --resume --run-dir DIR to continue a run)", file=sys.stderr)
+            return 2
         config = with_run_dir(config, args.run_dir)
     except ConfigError as error:
-        raise SystemExit(f"adds train: {error}") from None
+        print(f"adds train: {error}", file=sys.stderr)
+        return 2
     if args.print_config:
         import json
 
         print(json.dumps(config_dict(config), indent=2))
         return 0
+    from adds.features import FeatureCacheError
+
     try:
-        result = run_training(config, resume=args.resume, stop_after=args.stop_after_epochs)
+        result = run_training(config, resume=args.resume, stop_after=args.stop_after_epochs,
+                              stop_after_steps=args.stop_after_steps)
+    except FeatureCacheError as error:  # a user's cache: corrupt, truncated, or for other towers
+        logger.debug("training failed", exc_info=True)
+        print(f"adds train: {error}", file=sys.stderr)
+        return 2
     except (TrainingStateError, ValueError, FileNotFoundError) as error:
         logger.debug("training failed", exc_info=True)
         print(f"adds train: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl+C outside the training steps (loading, extracting) or a second Ctrl+C
+        print("adds train: interrupted (SIGINT); --resume continues from the last checkpoint", file=sys.stderr)
+        return 130
+    if result.interrupted is not None:
+        import signal
+
+        name = signal.Signals(result.interrupted).name
+        print(f"adds train: stopped by {name} in epoch {result.epochs_done + 1} after batch {result.batch_in_epoch}; "
+              f"checkpoint saved in {result.run_dir / 'checkpoint'} (continue with --resume --run-dir "
+              f"{result.run_dir})", file=sys.stderr)
+        return exit_code(result.interrupted)
     best = result.best or {}
     state = "finished" if result.finished else f"stopped after epoch {result.epochs_done} (resume with --resume)"
     print(f"{state}: run directory {result.run_dir}; best checkpoint epoch {best.get('epoch', '-')} "

@@ -7,6 +7,7 @@ The library itself (``adds.model``, ``adds.towers``, ...) imports nothing from h
     result = run_training(load_config("configs/coco_vitl14_224.yaml", ["data.train.root=/data/coco"]))
 """
 
+from adds.train.checkpoint import TrainingStateError
 from adds.train.config import (
     DataConfig,
     EMAConfig,
@@ -16,7 +17,8 @@ from adds.train.config import (
     load_config,
     paper_learning_rate,
 )
-from adds.train.loop import Trainer, TrainingStateError, TrainResult, run_training
+from adds.train.loop import Trainer, TrainResult
+from adds.train.run import run_training
 
 __all__ = [
     "DataConfig",

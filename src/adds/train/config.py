@@ -93,6 +93,8 @@ class DataConfig:
             ``adds extract --out DIR``), used instead of the automatic ``<cache>/<name>``; a held-out validation
             split reads ``train_cache``.
         extract: extract missing or unfinished caches before training (resumable; sharded over torchrun ranks).
+        verify: check every feature cache (sizes, checksums, finite values) before training
+            (``adds train --verify-data``); a corrupt shard is an error naming its file.
         num_workers: DataLoader worker processes.
         extract_batch_size: images per tower call when extracting.
     """
@@ -107,6 +109,7 @@ class DataConfig:
     val_cache: str | None = None
     test_cache: str | None = None
     extract: bool = True
+    verify: bool = False
     num_workers: int = 4
     extract_batch_size: int = 32
 
@@ -233,6 +236,9 @@ class TrainConfig:
             a resumed GPU run is bit-identical to an uninterrupted one. CPU runs are deterministic anyway.
         run_dir: output directory (``None``: ``runs/<name>``).
         log_every: optimiser steps between progress-bar / TensorBoard loss updates.
+        checkpoint_every: also checkpoint the training state every this many optimiser steps, mid-epoch
+            (``None``: only after each epoch and on SIGINT / SIGTERM). A resume from such a checkpoint ends with the
+            same weights as an uninterrupted run.
         progress: show tqdm progress bars (main process only, on stderr).
         description: free text (which paper table the config reproduces).
         expected: the paper's numbers for this config (e.g. ``{"table": 1, "mAP": 89.82}``), reported next to
@@ -255,6 +261,7 @@ class TrainConfig:
     deterministic: bool = False
     run_dir: str | None = None
     log_every: int = 20
+    checkpoint_every: int | None = None
     progress: bool = True
     description: str = ""
     expected: dict[str, Any] | None = None
@@ -264,6 +271,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        every = self.checkpoint_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError(f"checkpoint_every must be a positive integer or null, got {every!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda"):
