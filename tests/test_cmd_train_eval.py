@@ -225,3 +225,56 @@ def test_sigint_during_training_exits_quietly_with_a_checkpoint(data, tmp_path):
     assert f"stopped by {signal.Signals(signum).name}" in err and "--resume" in err
     meta = json.loads((run / "checkpoint" / "state.json").read_text())
     assert 1 <= meta["epoch"] < 500
+
+
+@pytest.fixture
+def train_cache(data, tmp_path):
+    cache = tmp_path / "train-cache"
+    assert main(["extract", "--data-kind", "manifest", "--data-root", str(data / "train.csv"), "--labels",
+                 str(data / "vocab.txt"), "--model", "adds-tiny-vit", "--pretrained", "none", "--input-size", "64",
+                 "--out", str(cache), "--batch-size", "8", "--no-progress"]) == 0
+    return cache
+
+
+def _one_line_error(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(f"adds {command}:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_truncated_named_cache_is_a_one_line_error(data, tmp_path, train_cache, capsys):
+    """Issue 11.9: a truncated cache named with data.train_cache: the shard file, not a shard_size mismatch."""
+    shard = train_cache / "shard-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["train", "--config", str(_config(data, tmp_path)), "--run-dir", str(tmp_path / "run"),
+                 "--set", f"data.train_cache={train_cache}"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "train")
+    assert str(shard) in line and "truncated" in line and "data.train_cache" in line and "shard_size" not in line
+
+
+def test_nan_bytes_in_a_cache_point_to_the_shard(data, tmp_path, train_cache, capsys):
+    """Issue 11.9: NaN bytes: an error naming the shard file and the image (while training, and with --verify-data
+    before training; adds eval --verify-data likewise)."""
+    shard = train_cache / "shard-00000.bin"
+    values = np.fromfile(shard, dtype="<f2")
+    values[len(values) // 2: len(values) // 2 + 4] = np.nan  # one row, size unchanged
+    values.tofile(shard)
+    config = str(_config(data, tmp_path))
+    capsys.readouterr()
+    assert main(["train", "--config", config, "--run-dir", str(tmp_path / "run"), "--set", "data.test=null",
+                 "--set", f"data.train_cache={train_cache}"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "train")
+    assert str(shard) in line and "NaN" in line and "image img1_" in line
+
+    assert main(["train", "--config", config, "--run-dir", str(tmp_path / "run2"), "--verify-data",
+                 "--set", f"data.train_cache={train_cache}"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "train")
+    assert str(shard) in line and "SHA-256" in line
+    assert not (tmp_path / "run2" / "checkpoint").exists()  # found before any training step
+
+    assert main(["eval", "--zero-shot-baseline", "--model", "adds-tiny-vit", "--pretrained", "none", "--data-kind",
+                 "manifest", "--data-root", str(data / "train.csv"), "--labels", str(data / "vocab.txt"), "--cache",
+                 str(train_cache), "--verify-data", "--workers", "0", "--no-progress", "--device", "cpu"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "eval")
+    assert str(shard) in line and "SHA-256" in line

@@ -63,6 +63,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                       help="keep only images with >= 1 positive (the 'filtered' variant, reported as such)")
     data.add_argument("--limit", type=int, help="first N images only (debugging)")
     data.add_argument("--cache", metavar="DIR", help="read image tokens from this feature cache (adds extract)")
+    data.add_argument("--verify-data", action="store_true",
+                      help="check the feature cache (sizes, SHA-256, finite values) or, without --cache, that every "
+                      "image decodes, before evaluating")
     data.add_argument("--input-size", type=int, help="squash-resize size (default: the checkpoint's training size, "
                       "the cache's, or the tower's)")
     data.add_argument("--levels", help="Pyramid-Forwarding levels of the baseline, e.g. 0 or 0,1 (default: 0)")
@@ -109,6 +112,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if sum(chosen) != 1:
         return _fail("give exactly one of --checkpoint DIR, --zero-shot-baseline, --scores NPY")
     from adds.evaluate import EvalConfig, format_table, write_json
+    from adds.features import FeatureCacheError, one_line
 
     try:
         config = EvalConfig(protocol=args.protocol, threshold=args.threshold, topk=_int_list(args.topk, "--topk"),
@@ -116,6 +120,9 @@ def run_eval(args: argparse.Namespace) -> int:
                             overlap_target=args.overlap_target, overlap_train=args.overlap_train,
                             batch_size=args.batch_size)
         result = _scores_path(args, config) if args.scores else _model_path(args, config)
+    except FeatureCacheError as error:  # the user's cache: truncated, corrupt, or for other towers
+        logger.debug("evaluation failed", exc_info=True)
+        return _fail(one_line(error))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         logger.debug("evaluation failed", exc_info=True)
         print(f"adds eval: {error}", file=sys.stderr)
@@ -158,10 +165,18 @@ def _scores_path(args: argparse.Namespace, config):
                            model="given scores")
 
 
-def _model_path(args: argparse.Namespace, config):
-    import json
-    from pathlib import Path
+def eval_plan(model, trained_size: int | None = None, input_size: int | None = None,
+              levels: tuple[int, ...] | None = None):
+    """The input plan ``adds eval`` runs ``model`` with: :func:`adds.tagger.plan.input_plan`, the same rule as the
+    tagger and ``adds serve`` (trained size from ``training.json``, the head's pyramid levels; an explicit
+    ``--input-size`` or a cache's size wins)."""
+    from adds.tagger.plan import input_plan
 
+    pyramid_levels = levels if levels is not None else model.config.pyramid.levels
+    return input_plan(model.towers.image_size, pyramid_levels, trained_size, input_size=input_size)
+
+
+def _model_path(args: argparse.Namespace, config):
     import torch
 
     from adds.data.base import SquashResize
@@ -169,6 +184,7 @@ def _model_path(args: argparse.Namespace, config):
     from adds.evaluate import clip_zero_shot_scores, evaluate_model
     from adds.model import ADDS, ADDSConfig
     from adds.pyramid import PyramidConfig
+    from adds.tagger.plan import trained_input_size
     from adds.towers import TowerConfig
 
     if not args.data_kind or not args.data_root:
@@ -178,9 +194,8 @@ def _model_path(args: argparse.Namespace, config):
     score_fn = None
     if args.checkpoint:
         model = ADDS.from_pretrained(args.checkpoint, tower_weights=args.tower_weights, map_location=device)
-        training = Path(args.checkpoint) / "training.json"
-        trained_size = json.loads(training.read_text(encoding="utf-8")).get("input_size") \
-            if training.is_file() else None
+        trained_size = trained_input_size(args.checkpoint)
+        levels = None
         name = f"ADDS {model.towers.config.model} {model.config.decoder.kind.upper()}-Decoder " \
                f"x{model.config.decoder.num_layers}"
     else:
@@ -210,12 +225,18 @@ def _model_path(args: argparse.Namespace, config):
                                    require_positive=args.require_positive, limit=args.limit)
     store = None
     if args.cache:
-        from adds.features import FeatureStore
+        from adds.features import FeatureStore, verify_cache
 
-        store = FeatureStore.open(args.cache)
-    input_size = args.input_size or (store.manifest.get("input_size") if store is not None else None) \
-        or trained_size or model.towers.image_size
+        store = verify_cache(args.cache) if args.verify_data else FeatureStore.open(args.cache)
+    cache_size = store.manifest.get("input_size") if store is not None else None
+    plan = eval_plan(model, trained_size, args.input_size or cache_size, levels)
+    input_size = plan.input_size
+    logger.info("evaluating at %s", plan.describe())
     dataset = load_dataset(dataset_config, transform=SquashResize(int(input_size)))
+    if args.verify_data and store is None:
+        from adds.features import verify_images
+
+        verify_images(dataset)
     failed = 0
     if store is not None:
         from adds.features import CachedFeatureDataset

@@ -92,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(config_dict(config), indent=2))
         return 0
-    from adds.features import FeatureCacheError
+    from adds.features import FeatureCacheError, one_line
 
     try:
         result = run_training(config, resume=args.resume, stop_after=args.stop_after_epochs,
                               stop_after_steps=args.stop_after_steps)
     except FeatureCacheError as error:  # a user's cache: corrupt, truncated, or for other towers
         logger.debug("training failed", exc_info=True)
-        print(f"adds train: {error}", file=sys.stderr)
+        print(f"adds train: {one_line(error)}", file=sys.stderr)
         return 2
     except (TrainingStateError, ValueError, FileNotFoundError) as error:
         logger.debug("training failed", exc_info=True)

@@ -39,9 +39,11 @@ from adds.features.manifest import (
     FeatureCacheError,
     build_manifest,
     images_fingerprint,
+    one_line,
     pending_shards,
 )
 from adds.features.store import CachedFeatureDataset, FeatureStore
+from adds.features.verification import verify_cache, verify_images
 from adds.features.writer import extract_features
 
 __all__ = [
@@ -56,4 +58,7 @@ __all__ = [
     "images_fingerprint",
     "build_manifest",
     "MANIFEST_NAME",
+    "verify_cache",
+    "verify_images",
+    "one_line",
 ]

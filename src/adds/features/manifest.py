@@ -38,6 +38,16 @@ class FeatureCacheError(RuntimeError):
     file and what is wrong."""
 
 
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line. A :class:`FeatureCacheError` raised in a DataLoader worker comes back with
+    the worker's traceback in its message ("Caught ... Original Traceback ..."); this keeps its last line only."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") and ": " in last else last
+    return " ".join(text.split())
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """How :func:`extract_features` runs.

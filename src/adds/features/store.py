@@ -129,7 +129,23 @@ class FeatureStore:
         for shard in np.unique(shard_of):
             selected = shard_of == shard
             out[selected] = self._map(int(shard))[rows_np[selected] - self._offsets[shard]]
+        finite = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)  # (n,)
+        if not finite.all():
+            raise self.corrupt_row_error(int(rows_np[np.flatnonzero(~finite)[0]]))
         return torch.from_numpy(out)
+
+    def corrupt_row_error(self, row: int) -> FeatureCacheError:
+        """The error for storage ``row`` holding NaN / infinite values: names the shard file and the image."""
+        shard = int(np.searchsorted(self._offsets, row, side="right") - 1)
+        index = int(self.record_indices[row])
+        try:
+            image = self.image_paths()[index]
+        except (FeatureCacheError, IndexError):
+            image = f"record {index}"
+        return FeatureCacheError(
+            f"{_data_file(self.path, shard)} is corrupt: row {row - int(self._offsets[shard])} (image {image}) holds "
+            f"NaN or infinite values, which extraction never writes; check the cache with --verify-data and "
+            f"re-extract it (adds extract --overwrite)")
 
     def image_paths(self) -> list[str]:
         """Record paths of the extracted dataset, in dataset order (``images.json``)."""

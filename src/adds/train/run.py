@@ -138,8 +138,15 @@ class PreparedSplit:
 
 
 def _open_or_extract(dataset: MultiLabelDataset, directory: Path, model: ADDS, input_size: int, config: TrainConfig,
-                     context: DistributedContext):
+                     context: DistributedContext, named_by: str | None = None):
+    """Open (extracting first if needed) the cache of ``dataset`` in ``directory``.
+
+    A cache named explicitly (``named_by``: the config key, e.g. ``data.train_cache``) that exists but is broken
+    (truncated, unfinished, corrupt) is an error naming the file: it was written by ``adds extract`` with settings
+    of its own, so re-extracting into it here would only fail with a list of setting differences.
+    """
     from adds.features import ExtractConfig, FeatureCacheError, FeatureStore, extract_features
+    from adds.features.manifest import MANIFEST_NAME
 
     try:
         store = FeatureStore.open(directory)
@@ -148,37 +155,54 @@ def _open_or_extract(dataset: MultiLabelDataset, directory: Path, model: ADDS, i
         store, error = None, failure
     need = all_reduce_max(torch.tensor([store is None]), context).item()
     if need:
+        if error is not None and named_by is not None and (directory / MANIFEST_NAME).is_file():
+            raise FeatureCacheError(f"{error} (the cache named by {named_by})")
         if not config.data.extract:
             raise error or FeatureCacheError(f"feature cache {directory} is incomplete on another process")
         if context.is_main:
             logger.info("extracting features of %s into %s", dataset.name, directory)
         extract = ExtractConfig(input_size=input_size, batch_size=config.data.extract_batch_size,
                                 num_workers=config.data.num_workers)
-        extract_features(model, dataset, directory, extract, rank=context.rank, world_size=context.world_size,
-                         progress=context.is_main and config.progress)
+        try:
+            extract_features(model, dataset, directory, extract, rank=context.rank, world_size=context.world_size,
+                             progress=context.is_main and config.progress)
+        except FeatureCacheError as refusal:
+            if error is None:
+                raise
+            raise FeatureCacheError(f"{error}; it cannot be re-extracted in place: {refusal}") from None
         barrier(context)
         store = FeatureStore.open(directory)
+    if config.data.verify:
+        from adds.features import verify_cache
+
+        store = verify_cache(directory)
     store.check_compatible(model, dataset, input_size)
     return store
 
 
 def prepare_split(dataset: MultiLabelDataset, model: ADDS, input_size: int, config: TrainConfig,
                   context: DistributedContext, indices: Sequence[int] | None = None,
-                  source: DatasetConfig | None = None, cache_dir: str | None = None) -> PreparedSplit:
+                  source: DatasetConfig | None = None, cache_dir: str | None = None,
+                  named_by: str | None = None) -> PreparedSplit:
     """Cached tokens (default) or resized images of ``dataset``, restricted to dataset ``indices`` if given.
 
-    ``cache_dir`` is an explicit cache directory; otherwise ``config.data.cache`` names the root of automatically
-    named caches (:func:`cache_directory`), and with neither the split is read from images.
+    ``cache_dir`` is an explicit cache directory (``named_by``: the config key that named it); otherwise
+    ``config.data.cache`` names the root of automatically named caches (:func:`cache_directory`), and with neither
+    the split is read from images. With ``config.data.verify`` the cache (or the images) is checked first.
     """
     dataset.transform = SquashResize(input_size)
     if config.data.cache is None and cache_dir is None:
+        if config.data.verify and context.is_main:
+            from adds.features import verify_images
+
+            verify_images(dataset)
         data: Dataset = dataset if indices is None else Subset(dataset, list(indices))
         return PreparedSplit(data, dataset)
     from adds.features import CachedFeatureDataset
 
     directory = Path(cache_dir) if cache_dir is not None else \
         cache_directory(config.data.cache, dataset, model, input_size, source)
-    store = _open_or_extract(dataset, directory, model, input_size, config, context)
+    store = _open_or_extract(dataset, directory, model, input_size, config, context, named_by)
     cached = CachedFeatureDataset(store, dataset)
     failed = len(cached.skipped)
     if indices is not None:
@@ -304,12 +328,13 @@ def _run(config: TrainConfig, context: DistributedContext, resume: bool, stop_af
     else:
         train_indices, val_indices, val_data = None, None, None
     train = prepare_split(train_data, model, input_size, config, context, train_indices, config.data.train,
-                          config.data.train_cache)
+                          config.data.train_cache, named_by="data.train_cache")
     val = None
     if val_data is not None:
         val = prepare_split(val_data, model, input_size, config, context, val_indices,
                             config.data.val or config.data.train,
-                            config.data.val_cache if config.data.val is not None else config.data.train_cache)
+                            config.data.val_cache if config.data.val is not None else config.data.train_cache,
+                            named_by="data.val_cache" if config.data.val is not None else "data.train_cache")
     vocabulary = train_data.vocabulary
     embeddings = _label_embeddings(model, vocabulary, config, context)
     val_embeddings = None
@@ -362,7 +387,7 @@ def _test_best(config: TrainConfig, model: ADDS, input_size: int, context: Distr
     if evaluation.protocol == "gzsl" and config.data.test.labels is None and config.data.test.kind == "nuswide":
         logger.warning("gzsl protocol with the default NUS-WIDE test labels; set data.test.labels: all1006")
     split = prepare_split(test_data, best, input_size, config, context, source=config.data.test,
-                          cache_dir=config.data.test_cache)
+                          cache_dir=config.data.test_cache, named_by="data.test_cache")
     embeddings = _label_embeddings(best, test_data.vocabulary, config, context)
     sampler, gather = None, None
     if context.is_distributed:
