@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,23 @@ def test_eval_config_rejects_unknown_protocols():
         EvalConfig("top1")
     with pytest.raises(ValueError, match="topk"):
         EvalConfig(topk=(0,))
+
+
+def test_doubtful_paper_values_print_as_question_marks():
+    """Issue 10.11: a config's null (doubtful F1@3 = F1@5 pair) is '?', an absent metric '-', numbers as printed."""
+    result = evaluate_scores(SCORES, TARGETS, config=EvalConfig("zsl", topk=(1, 2)), dataset="toy", model="m")
+    table = format_table(result, expected={"mAP": 31.02, "F1@1": None, "F1@2": None})
+    paper = next(line for line in table.splitlines() if line.startswith("paper"))
+    cells = paper.split()
+    assert cells[1] == "31.02" and cells.count("?") == 2 and cells.count("-") == 4  # P/R at k = 1, 2 absent
+    assert "doubtful" in table
+
+
+def test_configs_do_not_claim_equal_f1_at_3_and_5():
+    from adds.train.config import load_config
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        expected = load_config(path).expected
+        for section in [expected, *(value for value in expected.values() if isinstance(value, dict))]:
+            f3, f5 = section.get("F1@3"), section.get("F1@5")
+            assert f3 is None or f3 != f5, f"{path.name} claims F1@3 = F1@5 = {f3}"

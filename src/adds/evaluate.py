@@ -511,11 +511,20 @@ def _cell(value: Any) -> str:
     return f"{100 * float(value):.2f}"
 
 
+def _paper_cell(paper: Mapping[str, Any], key: str) -> str:
+    """The paper's value of ``key``: a number, ``?`` when the config marks it doubtful (``null``), ``-`` if absent."""
+    value = paper.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{float(value):.2f}"
+    return "?" if key in paper and value is None else "-"
+
+
 def format_table(result: EvalResult, expected: Mapping[str, Any] | None = None) -> str:
     """A plain-text table in the paper's layout (percentages); ``expected`` adds a row with the paper's numbers.
 
     ``expected`` maps metric names (``"mAP"``, ``"F1@3"``, ...; for single-to-multi optionally nested per subset)
-    to percentages as printed in the paper.
+    to percentages as printed in the paper; a metric given as ``None`` is one the paper prints but the config does
+    not claim (Tables 3/4/8 print F1@3 = F1@5) and is shown as ``?``.
     """
     columns = _columns(result)
     header = ["Model"] + [title for _, title in columns]
@@ -524,13 +533,16 @@ def format_table(result: EvalResult, expected: Mapping[str, Any] | None = None) 
         else ["all"]
     lines = [f"{result.protocol} evaluation on {result.dataset or 'the test set'}: {result.num_images} images, "
              f"{result.num_labels} labels"]
+    doubtful = False
     for section in sections:
         rows = [(result.model or "model", [_cell(result.metrics[section].get(key)) for key, _ in columns])]
         paper = expected.get(section, expected) if expected and result.protocol == "single-to-multi" else expected
         if isinstance(paper, Mapping):
             values = [paper.get(key) for key, _ in columns]
             if any(isinstance(v, (int, float)) for v in values):
-                rows.append(("paper", ["-" if not isinstance(v, (int, float)) else f"{float(v):.2f}" for v in values]))
+                cells = [_paper_cell(paper, key) for key, _ in columns]
+                doubtful = doubtful or "?" in cells
+                rows.append(("paper", cells))
         widths = [max(len(header[0]), *(len(name) for name, _ in rows))]
         widths += [max(len(title), *(len(cells[i]) for _, cells in rows)) for i, title in enumerate(header[1:])]
         if result.protocol == "single-to-multi":
@@ -541,6 +553,9 @@ def format_table(result: EvalResult, expected: Mapping[str, Any] | None = None) 
             lines.append("  ".join(cell.ljust(width) for cell, width in zip([name, *cells], widths, strict=True)))
     if result.protocol == "conventional":
         lines.append(f"(threshold {result.settings.get('threshold', 0.5)})")
+    if doubtful:
+        lines.append("?: the paper's number is doubtful and not claimed (e.g. it prints F1@3 = F1@5, which micro "
+                     "top-k F1 cannot give in general); see the config's comment")
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
 
