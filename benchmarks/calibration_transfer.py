@@ -18,6 +18,7 @@ Metrics: mean per-label F1 (macro) and pooled F1 (micro, the paper's OF1), in %.
 
     python benchmarks/calibration_transfer.py              # 3 seeds, the toy world's sizes (~6 min on 2 cores)
     python benchmarks/calibration_transfer.py --quick      # 1 seed, fewer scenes (~1 min)
+    python benchmarks/calibration_transfer.py --skewed --out benchmarks/results/calibration_transfer_skewed.json
 """
 
 from __future__ import annotations
@@ -79,11 +80,20 @@ def evaluate_scorer(seen: dict[str, np.ndarray], unseen: dict[str, np.ndarray], 
     return {"rows": rows, "rules": rules}
 
 
-def run_seed(config: ToyWorldConfig, seed: int, calibration_scenes: int, min_positives: int) -> dict:
+def skewed_pool() -> list[int]:
+    """Concept indices repeated 1, 2, 4 or 8 times (a fixed shuffle): objects drawn from this pool make the most
+    frequent concepts 8x as frequent as the rarest (the toy world's own scenes draw every concept equally)."""
+    order = torch.randperm(len(VOCABULARY), generator=torch.Generator().manual_seed(77)).tolist()
+    return [concept for rank, concept in enumerate(order) for _ in range(2 ** (rank % 4))]
+
+
+def run_seed(config: ToyWorldConfig, seed: int, calibration_scenes: int, min_positives: int,
+             skewed: bool = False) -> dict:
     towers = load_toy_towers(0)
     generator = torch.Generator().manual_seed(5000 + seed)
     sizes = (config.train_scenes, calibration_scenes, config.test_scenes)
-    images, targets = render_scenes(sum(sizes), generator, config.scene)
+    pool = skewed_pool() if skewed else None
+    images, targets = render_scenes(sum(sizes), generator, config.scene, concept_pool=pool)
     tokens = _features(towers, images)  # (N, T, D)
     parts = torch.split(torch.arange(sum(sizes)), list(sizes))
     train, cal, test = parts
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 600 / 300 / 300 scenes, 6 epochs")
     parser.add_argument("--min-positives", type=int, default=3)
+    parser.add_argument("--skewed", action="store_true",
+                        help="concepts 1x/2x/4x/8x as frequent (default: every concept equally frequent)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration_transfer.json")
     args = parser.parse_args(argv)
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        per_seed.append(run_seed(config, seed, calibration_scenes, args.min_positives))
+        per_seed.append(run_seed(config, seed, calibration_scenes, args.min_positives, args.skewed))
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     table = _table(per_seed)
     print(table)
@@ -158,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1)},
         "sizes": {"train": config.train_scenes, "calibration": calibration_scenes, "test": config.test_scenes,
-                  "epochs": config.epochs, "seeds": seeds, "min_positives": args.min_positives},
+                  "epochs": config.epochs, "seeds": seeds, "min_positives": args.min_positives,
+                  "prevalence": "skewed 1x/2x/4x/8x" if args.skewed else "uniform"},
         "per_seed": per_seed,
         "table": table,
     }
