@@ -334,7 +334,7 @@ def test_jsonl_manifest_with_vocabulary_and_unknown_labels(tmp_path):
     ("m.csv", "path,tags\na.jpg,dog\n", r"m.csv:1: CSV header must have columns 'image' and 'labels'"),
     ("m.jsonl", '{"image": "a.jpg", "labels": ["dog"]}\n{"image": "b.png", "labels": "dog"}\n',
      r"m.jsonl:2: 'labels' must be a list of strings"),
-    ("m.jsonl", '{"image": "a.jpg"}\n{oops\n', r"m.jsonl:2: not valid JSON"),
+    ("m.jsonl", '{"image": "a.jpg", "labels": []}\n{oops\n', r"m.jsonl:2: not valid JSON"),
     ("m.txt", "a.jpg dog\n", "must end in .csv or .jsonl"),
 ])
 def test_manifest_errors_name_file_and_line(tmp_path, name, text, message):
