@@ -105,6 +105,15 @@ def test_extract_train_eval_end_to_end(data, tmp_path, capsys):
     assert "labels" in caches and any(name.startswith("manifest-train-") for name in caches)  # the test split's
     test_cache = next(p for p in (tmp_path / "cache").iterdir() if p.name != "labels")
 
+    # the held-out split calibrated best/'s thresholds, in the file the tagger reads by default
+    from adds.tagger.thresholds import checkpoint_thresholds_file, read_thresholds
+
+    assert checkpoint_thresholds_file(run / "best") == run / "best" / "thresholds.tsv"
+    thresholds = read_thresholds(run / "best" / "thresholds.tsv")
+    assert set(thresholds) == set(COLOURS) and all(0.0 <= value <= 1.0 for value in thresholds.values())
+    calibration = json.loads((run / "best" / "calibration.json").read_text())
+    assert "held-out validation split" in json.dumps(calibration)
+
     # adds eval on the same cache reproduces the training run's test numbers exactly
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(run / "best"), "--data-kind", "manifest", "--data-root",

@@ -243,6 +243,9 @@ class TrainConfig:
         description: free text (which paper table the config reproduces).
         expected: the paper's numbers for this config (e.g. ``{"table": 1, "mAP": 89.82}``), reported next to
             the measured ones; never used for anything else.
+        calibrate: after training, fit per-label F1-optimal thresholds of ``best/`` on the held-out validation
+            split and write ``best/thresholds.tsv`` + ``best/calibration.json`` (:mod:`adds.calibration`), which
+            ``adds tag`` then uses by default. Needs a validation split; skipped (with a log line) without one.
     """
 
     name: str = "adds"
@@ -265,6 +268,7 @@ class TrainConfig:
     progress: bool = True
     description: str = ""
     expected: dict[str, Any] | None = None
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):

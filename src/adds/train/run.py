@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 #: Config keys that may change between a run and its resumption (they do not affect the numbers).
 RESUME_MAY_CHANGE = ("run_dir", "data.num_workers", "data.extract", "data.extract_batch_size", "data.verify",
                      "device", "progress", "log_every", "checkpoint_every", "description", "expected",
-                     "evaluation.batch_size")
+                     "evaluation.batch_size", "calibrate")
 
 
 def git_revision() -> tuple[str, bool | None]:
@@ -274,8 +274,27 @@ def _after_training(config: TrainConfig, run_dir: Path, scores: Callable[[], Hel
     This is where fitting per-label thresholds on the held-out split belongs (``best/thresholds.tsv``): call
     ``scores()`` (collective under torchrun; ``None`` when the run has no validation split) for
     :class:`HeldOutScores` of ``best/`` and write from the main process only (``context.is_main``).
+
+    Fits ``best/thresholds.tsv`` (issue 11: calibrated thresholds) when ``config.calibrate`` is on.
     """
-    return None
+    if not config.calibrate:
+        return
+    if scores is None:
+        logger.info("no validation split: best/ keeps no calibrated thresholds (adds calibrate fits them later)")
+        return
+    held_out = scores()
+    if not context.is_main:
+        return
+    from adds.calibration import calibrate_checkpoint
+
+    predictions = held_out.predictions
+    report = calibrate_checkpoint(run_dir / "best", predictions.scores["all"], predictions.targets,
+                                  held_out.vocabulary, predictions.mask,
+                                  source=f"held-out validation split of {run_dir.name} ({len(predictions.targets)} images)")
+    summary = report.fit.summary()
+    logger.info("calibrated thresholds -> %s: %d per-label, %d pooled fallback; macro F1 at 0.5 %.3f -> %.3f",
+                report.thresholds_path, summary["per_label"], summary["pooled_fallback"],
+                summary["macro_f1_before"], summary["macro_f1_after"])
 
 
 def run_training(config: TrainConfig, resume: bool = False, stop_after: int | None = None,
