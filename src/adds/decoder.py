@@ -23,9 +23,13 @@ Choices where the paper is silent or ambiguous (also in ``docs/architecture.md``
   parameters that never get a gradient -- which DDP would reject). Hence with a
   single layer a label's logit does not depend on the other labels; from two layers on it does, because the
   visual tokens of layer 2 have attended to every label's output of layer 1.
-* Dropout sits exactly where Eq. 5 puts ``DP`` (on ``Q`` in ``Q1`` and after the FFN), plus dropout on the
-  attention weights as in ML-Decoder's ``nn.MultiheadAttention(dropout=0.1)``; Eq. 5 shows no dropout on the
-  attention output (ML-Decoder has one there) and none is applied.
+* Dropout in the DM-decoder sits exactly where Eq. 5 puts ``DP`` (on ``Q`` in ``Q1`` and after the FFN), plus
+  dropout on the attention weights as in ML-Decoder's ``nn.MultiheadAttention(dropout=0.1)``; Eq. 5 shows no
+  dropout on the attention output nor after the ReLU, and none is applied there.
+* The ML-Decoder baseline layer trains like ML-Decoder's own ``TransformerDecoderLayerOptimal``: four dropouts
+  of the same rate, in its order -- on ``Q`` (in ``Q1``), on the attention output (``Q3 = LN(DP(Q2) + Q1)``),
+  after the ReLU (``FFN1(DP(ReLU(FFN2(Q3))))``) and after the FFN -- plus the attention-weight dropout. In eval
+  mode every dropout is the identity, so both layers compute the formulas above.
 * ``FFN2`` is applied first (D -> ffn_dim) and ``FFN1`` second (ffn_dim -> D), following the order in Eq. 5.
 * Attention heads, FFN width and dropout follow ML-Decoder (8 heads, 2048, 0.1); ``d_model`` is the joint CLIP
   embedding size, since queries are CLIP label embeddings and must not be projected out of the joint space.
@@ -107,15 +111,24 @@ class MultiHeadAttention(nn.Module):
 
 
 class MLDecoderLayer(nn.Module):
-    """ML-Decoder layer: Eq. 5 without ``MHA2`` and without the ``Q' = LN(Q5 + Q)`` skip (Table 5 baseline)."""
+    """ML-Decoder layer: Eq. 5 without ``MHA2`` and without the ``Q' = LN(Q5 + Q)`` skip (Table 5 baseline).
 
-    def __init__(self, d_model: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1) -> None:
+    ``ml_dropouts`` (default) adds ML-Decoder's two dropouts that Eq. 5 does not show, on the attention output and
+    after the ReLU (``TransformerDecoderLayerOptimal``'s ``dropout2`` and ``dropout``); the DM-decoder layer turns
+    them off (identity modules), following Eq. 5.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, ml_dropouts: bool = True
+    ) -> None:
         super().__init__()
         self.dropout_q = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)  # MHA1
+        self.dropout_attn = nn.Dropout(dropout) if ml_dropouts else nn.Identity()
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn2 = nn.Linear(d_model, ffn_dim)
+        self.dropout_act = nn.Dropout(dropout) if ml_dropouts else nn.Identity()
         self.ffn1 = nn.Linear(ffn_dim, d_model)
         self.dropout_ffn = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
@@ -124,8 +137,8 @@ class MLDecoderLayer(nn.Module):
         """``Q1 ... Q5`` of Eq. 5: ``query`` (B, k, D), ``visual`` (B, T, D) -> ``Q5`` (B, k, D)."""
         q1 = self.norm1(query + self.dropout_q(query))
         q2 = self.cross_attn(q1, visual, visual)
-        q3 = self.norm2(q2 + q1)
-        q4 = self.dropout_ffn(self.ffn1(F.relu(self.ffn2(q3))))
+        q3 = self.norm2(self.dropout_attn(q2) + q1)
+        q4 = self.dropout_ffn(self.ffn1(self.dropout_act(F.relu(self.ffn2(q3)))))
         return self.norm3(q4 + q3)
 
     def forward(self, query: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +152,7 @@ class DMDecoderLayer(MLDecoderLayer):
     def __init__(
         self, d_model: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1, update_visual: bool = True
     ) -> None:
-        super().__init__(d_model, num_heads, ffn_dim, dropout)
+        super().__init__(d_model, num_heads, ffn_dim, dropout, ml_dropouts=False)  # Eq. 5's two DPs only
         self.norm_q = nn.LayerNorm(d_model)
         self.update_visual = update_visual
         if update_visual:  # the last layer of a stack has no MHA2: its V' would feed nothing
