@@ -225,3 +225,50 @@ def _as_dm(ml: MLDecoderLayer) -> DMDecoderLayer:
     dm = DMDecoderLayer(D, num_heads=4, ffn_dim=64).eval()
     dm.load_state_dict(ml.state_dict(), strict=False)
     return dm
+
+
+@pytest.mark.parametrize("kind, layers", [("dm", 1), ("dm", 3), ("ml", 2)])
+@pytest.mark.parametrize("block_rows", [3, 7, 10_000])
+@pytest.mark.parametrize("per_image_queries", [False, True])
+def test_inference_path_matches_the_reference_path(kind, layers, block_rows, per_image_queries):
+    """Eval + no autograd runs the blocked inference path (issue 12.4); eval with autograd on runs the original
+    layer-by-layer code. Same numbers within 1e-5, for label blocks of one image, image groups and one block."""
+    torch.manual_seed(3)
+    decoder, classifier = _head(kind, layers)
+    for module in decoder.modules():  # non-trivial norms, so that a skipped or misplaced LN would show
+        if isinstance(module, nn.LayerNorm):
+            nn.init.normal_(module.weight)
+            nn.init.normal_(module.bias)
+    decoder.block_rows = block_rows
+    visual = torch.randn(3, 9, D)
+    queries = torch.randn(3, 5, D) if per_image_queries else torch.randn(5, D)
+    with torch.enable_grad():
+        reference = classifier(decoder(queries, visual)).detach()
+    with torch.no_grad():
+        fast = classifier(decoder(queries, visual))
+    with torch.inference_mode():
+        fast_inference_mode = classifier(decoder(queries, visual))
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_inference_mode, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_path_keeps_autocast_dtypes():
+    decoder, classifier = _head("dm", 2)
+    visual, labels = torch.randn(2, 9, D), torch.randn(6, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.enable_grad():
+            reference = decoder(labels, visual).detach()
+        with torch.no_grad():
+            fast = decoder(labels, visual)
+    assert fast.dtype == reference.dtype
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("batch, k, rows", [(3, 5, 3), (3, 5, 10), (4, 2, 5), (1, 9, 4), (2, 1, 1)])
+def test_blocks_cover_every_image_label_pair_once(batch, k, rows):
+    from adds.decoder import _blocks
+
+    seen = torch.zeros(batch, k, dtype=torch.int64)
+    for images, labels in _blocks(batch, k, rows):
+        seen[images, labels] += 1
+    assert torch.equal(seen, torch.ones_like(seen))
