@@ -66,24 +66,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"adds serve: error: {message}", file=sys.stderr)
         return 2
 
-    try:
+    if not 0 < args.port < 65536:
+        return fail(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        return fail(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.input_size is not None and args.input_size < 1:
+        return fail(f"--input-size must be >= 1, got {args.input_size}")
+    try:  # after the argument checks: torch comes with the web app, and argument errors should answer at once
         import uvicorn
 
         from adds.web.app import WebConfig, create_app
     except ImportError as error:
         return fail(f"the web demo needs the [demo] extra (pip install 'adds[demo]'): {error}")
-    if not 0 < args.port < 65536:
-        return fail(f"--port must be in 1..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        return fail(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if not _is_loopback(args.host):
         print(f"adds serve: warning: listening on {args.host}, reachable from other machines; the demo has no "
               "authentication", file=sys.stderr)
     problem = _check_address(args.host, args.port)
     if problem is not None:
         return fail(problem)
-    if args.input_size is not None and args.input_size < 1:
-        return fail(f"--input-size must be >= 1, got {args.input_size}")
     try:
         tagger = build_tagger(args)
     except UsageError as error:

@@ -370,15 +370,15 @@ def _write_metadata(args: argparse.Namespace, record, scorer: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    problem = _check_arguments(args)  # before the heavy imports: an argument error answers at once
+    if problem is not None:
+        return _fail(problem)
     from tqdm import tqdm
 
     from adds.tagger import FileTags
     from adds.tagger.output import ResultWriter
     from adds.tagger.shards import join_torchrun, part_files, part_path
 
-    problem = _check_arguments(args)
-    if problem is not None:
-        return _fail(problem)
     try:
         shard = join_torchrun()
     except (ValueError, RuntimeError) as error:
