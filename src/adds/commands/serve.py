@@ -32,6 +32,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     server.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     server.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                         help="largest accepted upload in MiB (default: %(default)s)")
+    server.add_argument("--max-cached-labels", type=int, default=None, metavar="N",
+                        help="label embeddings kept in memory, least recently used dropped first (default: 50000; "
+                        "the on-disk cache is not bounded by it)")
     parser.set_defaults(handler=run)
 
 
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if args.input_size is not None and args.input_size < 1:
         return fail(f"--input-size must be >= 1, got {args.input_size}")
+    if args.max_cached_labels is not None and args.max_cached_labels < 1:
+        return fail(f"--max-cached-labels must be >= 1, got {args.max_cached_labels}")
     try:  # after the argument checks: torch comes with the web app, and argument errors should answer at once
         import uvicorn
 
