@@ -187,8 +187,8 @@ def run(config: TextCacheBenchConfig) -> dict:
 
 
 
-def _start(towers: Towers, vocabulary: list[str], config: TextCacheBenchConfig, root: str) -> tuple[float, LabelEmbedder,
-                                                                                                  torch.Tensor]:
+def _start(towers: Towers, vocabulary: list[str], config: TextCacheBenchConfig,
+           root: str) -> tuple[float, LabelEmbedder, torch.Tensor]:
     """One start: a fresh embedder with the disk cache under ``root``, the whole vocabulary -> seconds, embedder,
     embeddings."""
     towers.text_cache.clear()
@@ -207,7 +207,7 @@ def run_disk(config: TextCacheBenchConfig, tiny_model: str = TINY_MODEL) -> dict
     templates = resolve_templates(config.templates)
     tiny: dict[str, list[float]] = {"first": [], "repeated": [], "identity": []}
     exact = True
-    for round_ in tqdm(range(config.repeats), desc="tiny tower starts", file=sys.stderr, leave=False):
+    for _ in tqdm(range(config.repeats), desc="tiny tower starts", file=sys.stderr, leave=False):
         with tempfile.TemporaryDirectory(prefix="adds-label-cache-") as root:
             towers = load_towers(TowerConfig(model=tiny_model, pretrained=None, seed=config.seed))
             first, embedder, computed = _start(towers, vocabulary, config, root)
@@ -228,7 +228,7 @@ def run_disk(config: TextCacheBenchConfig, tiny_model: str = TINY_MODEL) -> dict
     large: dict[str, list[float]] = {"miss": [], "write": [], "repeated": [], "identity": []}
     generator = torch.Generator().manual_seed(config.seed)
     stand_ins = F.normalize(torch.randn(len(vocabulary), towers.embed_dim, generator=generator), dim=-1)  # (k, D)
-    for round_ in tqdm(range(config.repeats), desc=f"{config.model} starts", file=sys.stderr, leave=False):
+    for _ in tqdm(range(config.repeats), desc=f"{config.model} starts", file=sys.stderr, leave=False):
         with tempfile.TemporaryDirectory(prefix="adds-label-cache-") as root:
             towers.text_cache.clear()
             embedder = LabelEmbedder(towers, config.templates, batch_size=config.batch_size)

@@ -48,7 +48,8 @@ def test_a_vocabulary_sharing_most_labels_encodes_only_the_new_ones(tmp_path, mo
     vocabulary = WORDS[5:] + ["new one", "new two"]
     out = embedder(vocabulary)
     assert embedder.disk_hits == len(WORDS) - 5 and embedder.encoded == 2
-    assert sorted(prompts_seen) == sorted(["a photo of new one.", "new one here", "a photo of new two.", "new two here"])
+    assert sorted(prompts_seen) == sorted(["a photo of new one.", "new one here",
+                                           "a photo of new two.", "new two here"])
     reference = LabelEmbedder(_towers(), ("a photo of {}.", "{} here"))(vocabulary)
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
 

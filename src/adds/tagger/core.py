@@ -22,8 +22,8 @@ from torch import Tensor
 
 from adds.data.base import SquashResize
 from adds.data.images import ImageLoadError, as_image_batch, load_image
-from adds.model import ADDS
 from adds.label_cache import label_cache_enabled
+from adds.model import ADDS
 from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
