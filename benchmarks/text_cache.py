@@ -61,7 +61,8 @@ from adds.towers import TINY_MODEL, TowerConfig, Towers, load_towers
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "text_cache.json"
-DEFAULT_VOCABULARY = Path(__file__).resolve().parents[2] / "shared" / "data" / "labels" / "ram_tag_list_4585.txt"
+# The built-in vocabulary of adds tag (the same file as ../shared/data/labels/ram_tag_list_4585.txt).
+DEFAULT_VOCABULARY = Path(__file__).resolve().parents[1] / "src" / "adds" / "resources" / "ram_tag_list_4585.txt"
 
 
 @dataclass(frozen=True)
