@@ -19,6 +19,21 @@ def tiny_towers_unaligned():
     return load_towers(TowerConfig(model=TINY_MODEL, pretrained=None, seed=0, aligned=False))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _label_cache_in_a_temporary_folder(tmp_path_factory):
+    """Taggers keep label embeddings on disk (adds.label_cache): tests write them below a temporary folder, never
+    into the user's ~/.cache/adds."""
+    import os
+
+    previous = os.environ.get("ADDS_CACHE_DIR")
+    os.environ["ADDS_CACHE_DIR"] = str(tmp_path_factory.mktemp("adds-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ADDS_CACHE_DIR", None)
+    else:
+        os.environ["ADDS_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seed 0, and one intra-op thread: tiny models run as fast on one, and far faster on a loaded machine (no OpenMP

@@ -4,21 +4,38 @@ A label word becomes the query of the DM-decoder through the frozen text tower: 
 prompt template ("This photo contains @.", "This is a @ photo." in the paper), each prompt embedding is
 L2-normalised, the prompts of a label are averaged and the mean is re-normalised (CLIP's prompt ensembling).
 
-Embeddings are cached on the :class:`~adds.towers.Towers` object, keyed by ``(templates, label)``: a label is
-encoded once per tower and template set, however many vocabularies it appears in.
+Embeddings are cached in memory on the :class:`~adds.towers.Towers` object, keyed by ``(templates, label)``: a label
+is encoded once per tower and template set, however many vocabularies it appears in. That memory cache is an LRU
+bounded by :data:`DEFAULT_MAX_CACHED_LABELS` labels (:class:`LabelMemoryCache`; a long-running ``adds serve`` fed new
+labels on every request stays bounded). With a :class:`~adds.label_cache.LabelCache` attached
+(:meth:`LabelEmbedder.use_disk_cache`; the tagger does it by default) misses are first looked up on disk, per
+label, and new embeddings are stored there.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from adds.towers import Towers
 
-__all__ = ["PAPER_TEMPLATES", "clip_templates", "resolve_templates", "validate_labels", "LabelEmbedder"]
+if TYPE_CHECKING:
+    from adds.label_cache import LabelCache, LabelCacheConfig
+
+__all__ = ["DEFAULT_MAX_CACHED_LABELS", "EMBEDDING_VERSION", "PAPER_TEMPLATES", "LabelEmbedder", "LabelMemoryCache",
+           "clip_templates", "resolve_templates", "validate_labels"]
+
+#: Version of the prompt-ensembling arithmetic below; part of the on-disk cache key (:mod:`adds.label_cache`).
+#: Bump it whenever :meth:`LabelEmbedder._encode` would compute other vectors for the same towers and templates.
+EMBEDDING_VERSION = 1
+
+#: Labels kept in the in-memory cache of one tower (all template sets together) before the least recently used go.
+DEFAULT_MAX_CACHED_LABELS = 50_000
 
 #: The two prompts of the paper ("Overview"): "This photo contains @", "This is a @ photo".
 PAPER_TEMPLATES: tuple[str, ...] = ("This photo contains {}.", "This is a {} photo.")
@@ -71,42 +88,116 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     return labels
 
 
+class LabelMemoryCache(OrderedDict):
+    """``(templates, label) -> (D,)`` embeddings, least recently used dropped past ``max_labels`` entries."""
+
+    def __init__(self, max_labels: int = DEFAULT_MAX_CACHED_LABELS, items=()) -> None:
+        if isinstance(max_labels, bool) or not isinstance(max_labels, int) or max_labels < 1:
+            raise ValueError(f"max_labels must be a positive int, got {max_labels!r}")
+        super().__init__(items)
+        self.max_labels = max_labels
+        self._trim()
+
+    def lookup(self, key):
+        """The entry (marked as recently used), or ``None``."""
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self) > self.max_labels:
+            self.popitem(last=False)
+
+
+def memory_cache(towers: Towers, max_labels: int | None = None) -> LabelMemoryCache:
+    """The towers' in-memory label cache as a :class:`LabelMemoryCache` (replacing a plain dict, entries kept);
+    ``max_labels`` sets its bound."""
+    cache = towers.text_cache
+    if not isinstance(cache, LabelMemoryCache):
+        cache = LabelMemoryCache(DEFAULT_MAX_CACHED_LABELS if max_labels is None else max_labels, cache.items())
+        towers.text_cache = cache
+    elif max_labels is not None:
+        cache.max_labels = max_labels
+        cache._trim()
+    return cache
+
+
 class LabelEmbedder:
     """Prompt-ensembled, L2-normalised label embeddings ``(k, D)``, cached per (towers, templates, label).
 
     Args:
-        towers: the frozen towers whose text side encodes the prompts (the cache lives on them).
+        towers: the frozen towers whose text side encodes the prompts (the memory cache lives on them).
         templates: prompt templates (see :func:`resolve_templates`).
         batch_size: prompts per text-tower call when encoding cache misses.
+
+    ``hits`` / ``misses`` count labels found in memory / not found there; ``disk_hits`` those of the misses the
+    disk cache had, ``encoded`` those the text tower ran for.
     """
 
     def __init__(self, towers: Towers, templates: str | Sequence[str] = PAPER_TEMPLATES, batch_size: int = 1024):
         self.towers = towers
         self.templates = resolve_templates(templates)
         self.batch_size = batch_size
+        self.disk: LabelCache | None = None
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
+        self.encoded = 0
+
+    def use_disk_cache(self, enabled: bool = True, config: LabelCacheConfig | None = None) -> LabelCache | None:
+        """Attach the on-disk cache of these towers and templates (:mod:`adds.label_cache`), or detach it."""
+        from adds.label_cache import LabelCache
+
+        self.disk = LabelCache.for_embedder(self.towers, self.templates, EMBEDDING_VERSION, config) if enabled else None
+        return self.disk
 
     def __call__(self, labels: Sequence[str]) -> torch.Tensor:
         """Embeddings of ``labels`` in order -> ``(k, D)`` float32 on the towers' device."""
         labels = validate_labels(labels)
-        cache = self.towers.text_cache
-        missing = [label for label in labels if (self.templates, label) not in cache]
+        cache = memory_cache(self.towers)
+        vectors: dict[str, torch.Tensor] = {}
+        for label in labels:
+            vector = cache.lookup((self.templates, label))
+            if vector is not None:
+                vectors[label] = vector
+        missing = [label for label in labels if label not in vectors]
         self.hits += len(labels) - len(missing)
         self.misses += len(missing)
+        if missing and self.disk is not None:
+            stored = self.disk.get(missing)
+            self.disk_hits += len(stored)
+            vectors.update(stored)
+            missing = [label for label in missing if label not in stored]
         if missing:
-            self._encode(missing)
+            fresh = self._encode(missing)
+            self.encoded += len(fresh)
+            vectors.update(fresh)
+            if self.disk is not None:
+                self.disk.put(fresh)
+        for label in labels:  # after the lookups, so a small LRU cannot evict what this call still needs
+            cache[(self.templates, label)] = vectors[label]
         device = next(self.towers.parameters()).device
-        return torch.stack([cache[(self.templates, label)] for label in labels]).to(device)  # (k, D)
+        return torch.stack([vectors[label] for label in labels]).to(device)  # (k, D)
 
-    def _encode(self, labels: list[str]) -> None:
+    def _encode(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """Run the text tower: ``label -> (D,)`` float32 CPU vectors, in float32 whatever autocast is active."""
         n_templates = len(self.templates)
         per_call = max(1, self.batch_size // n_templates)
-        for start in range(0, len(labels), per_call):
-            chunk = labels[start:start + per_call]
-            prompts = [template.format(label) for label in chunk for template in self.templates]
-            emb = F.normalize(self.towers.encode_text(prompts), dim=-1)  # (m * n_templates, D)
-            emb = emb.view(len(chunk), n_templates, -1).mean(dim=1)  # (m, D)
-            emb = F.normalize(emb, dim=-1).cpu()
-            for label, vector in zip(chunk, emb, strict=True):
-                self.towers.text_cache[(self.templates, label)] = vector
+        out: dict[str, torch.Tensor] = {}
+        device = next(self.towers.parameters()).device
+        with torch.autocast(device.type, enabled=False):  # the same vectors (and disk cache) under any --precision
+            for start in range(0, len(labels), per_call):
+                chunk = labels[start:start + per_call]
+                prompts = [template.format(label) for label in chunk for template in self.templates]
+                emb = F.normalize(self.towers.encode_text(prompts).float(), dim=-1)  # (m * n_templates, D)
+                emb = emb.view(len(chunk), n_templates, -1).mean(dim=1)  # (m, D)
+                emb = F.normalize(emb, dim=-1).cpu()
+                for label, vector in zip(chunk, emb.unbind(0), strict=True):
+                    out[label] = vector.clone()  # (D,): its own storage, so evicting it frees it
+        return out

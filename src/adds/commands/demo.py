@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -19,9 +20,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        print(f"adds demo: error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
+        return 2
     from adds.demo import DemoConfig, run_demo
 
-    if args.steps < 1:
-        raise SystemExit(f"adds demo: --steps must be >= 1, got {args.steps}")
     result = run_demo(DemoConfig(steps=args.steps, seed=args.seed))
     return 0 if result["checkpoint_identical"] else 1

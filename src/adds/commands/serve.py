@@ -32,6 +32,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     server.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     server.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                         help="largest accepted upload in MiB (default: %(default)s)")
+    server.add_argument("--max-cached-labels", type=int, default=None, metavar="N",
+                        help="label embeddings kept in memory, least recently used dropped first (default: 50000; "
+                        "the on-disk cache is not bounded by it)")
     parser.set_defaults(handler=run)
 
 
@@ -66,24 +69,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"adds serve: error: {message}", file=sys.stderr)
         return 2
 
-    try:
+    if not 0 < args.port < 65536:
+        return fail(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        return fail(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.input_size is not None and args.input_size < 1:
+        return fail(f"--input-size must be >= 1, got {args.input_size}")
+    if args.max_cached_labels is not None and args.max_cached_labels < 1:
+        return fail(f"--max-cached-labels must be >= 1, got {args.max_cached_labels}")
+    try:  # after the argument checks: torch comes with the web app, and argument errors should answer at once
         import uvicorn
 
         from adds.web.app import WebConfig, create_app
     except ImportError as error:
         return fail(f"the web demo needs the [demo] extra (pip install 'adds[demo]'): {error}")
-    if not 0 < args.port < 65536:
-        return fail(f"--port must be in 1..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        return fail(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if not _is_loopback(args.host):
         print(f"adds serve: warning: listening on {args.host}, reachable from other machines; the demo has no "
               "authentication", file=sys.stderr)
     problem = _check_address(args.host, args.port)
     if problem is not None:
         return fail(problem)
-    if args.input_size is not None and args.input_size < 1:
-        return fail(f"--input-size must be >= 1, got {args.input_size}")
     try:
         tagger = build_tagger(args)
     except UsageError as error:

@@ -62,6 +62,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu; "
                        "under torchrun: cuda:LOCAL_RANK)")
+    group.add_argument("--no-label-cache", action="store_true",
+                       help="do not keep label embeddings on disk (default: kept in $ADDS_CACHE_DIR, else "
+                       "~/.cache/adds, keyed by the towers and templates, so the next start skips the text tower; "
+                       "ADDS_LABEL_CACHE=0 does the same)")
 
     labels = parser.add_argument_group("labels and thresholds")
     labels.add_argument(
@@ -144,6 +148,8 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             batch_size=getattr(args, "batch_size", 16),
             levels=_parse_levels(args.levels),
             input_size=args.input_size,
+            label_cache=not getattr(args, "no_label_cache", False),
+            max_cached_labels=getattr(args, "max_cached_labels", None),
         )
         thresholds = None
         if args.threshold_file is not None:
@@ -370,15 +376,15 @@ def _write_metadata(args: argparse.Namespace, record, scorer: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    problem = _check_arguments(args)  # before the heavy imports: an argument error answers at once
+    if problem is not None:
+        return _fail(problem)
     from tqdm import tqdm
 
     from adds.tagger import FileTags
     from adds.tagger.output import ResultWriter
     from adds.tagger.shards import join_torchrun, part_files, part_path
 
-    problem = _check_arguments(args)
-    if problem is not None:
-        return _fail(problem)
     try:
         shard = join_torchrun()
     except (ValueError, RuntimeError) as error:

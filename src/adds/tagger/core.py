@@ -22,8 +22,9 @@ from torch import Tensor
 
 from adds.data.base import SquashResize
 from adds.data.images import ImageLoadError, as_image_batch, load_image
+from adds.label_cache import label_cache_enabled
 from adds.model import ADDS
-from adds.prompts import validate_labels
+from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
 from adds.tagger.plan import InputPlan, input_plan, trained_input_size
@@ -61,6 +62,11 @@ class TaggerConfig:
             head's plan (:mod:`adds.tagger.plan`). Ignored by the CLIP baseline (one view).
         input_size: squash images to this size instead of the size the head was trained at; ``None`` = the
             head's plan. Ignored by the CLIP baseline.
+        label_cache: keep label embeddings on disk (:mod:`adds.label_cache`; ``$ADDS_CACHE_DIR``, default
+            ``~/.cache/adds``) so a repeated start does not run the text tower again; ``$ADDS_LABEL_CACHE=0`` also
+            turns it off.
+        max_cached_labels: bound of the in-memory label-embedding LRU of the towers (``None`` = the default,
+            :data:`adds.prompts.DEFAULT_MAX_CACHED_LABELS`).
     """
 
     threshold: float | None = 0.5
@@ -68,6 +74,8 @@ class TaggerConfig:
     batch_size: int = 16
     levels: tuple[int, ...] | None = None
     input_size: int | None = None
+    label_cache: bool = True
+    max_cached_labels: int | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -75,7 +83,7 @@ class TaggerConfig:
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
                                        or self.top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
-        for name in ("batch_size", "input_size"):
+        for name in ("batch_size", "input_size", "max_cached_labels"):
             value = getattr(self, name)
             if (name == "batch_size" or value is not None) and (
                     isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -162,6 +170,9 @@ class Tagger:
             config_levels = PyramidConfig(levels=self.plan.levels, antialias=model.config.pyramid.antialias)
             self._pyramid = PyramidForwarding(self.base_size, self.towers.mean, self.towers.std, config_levels)
         self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()  # vocabulary -> (k, D), LRU
+        memory_cache(self.towers, self.config.max_cached_labels)
+        if self.config.label_cache and label_cache_enabled():
+            self.model.label_embedder.use_disk_cache()
         self._labels: list[str] | None = None
         self.thresholds = ThresholdSet(default=self.config.threshold)
         if labels is None:
