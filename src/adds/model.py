@@ -11,7 +11,8 @@ timm convention:
 
 Checkpoints hold only the trainable part: ``model.safetensors`` (tensors, no pickle) and ``config.json`` (the full
 :class:`ADDSConfig` and the identity of the towers it was trained on, see :meth:`Towers.identity`). Loading checks
-that the towers match, so a head is never silently run on features from other towers.
+that the towers match, so a head is never silently run on features from other towers. Tower weights from a local
+file are recorded by name and SHA-256, not by path, and found again on load (:mod:`adds.towers.checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from adds.decoder import Decoder, DecoderConfig, SharedClassifier
 from adds.prompts import PAPER_TEMPLATES, LabelEmbedder, resolve_templates
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.towers import TowerConfig, Towers, load_towers
+from adds.towers.checkpoint import IDENTITY_KEYS, resolve_weights_file, tower_differences, tower_record
 
 __all__ = ["ADDSConfig", "ADDS", "CheckpointError"]
 
@@ -40,7 +42,7 @@ WEIGHTS_NAME = "model.safetensors"
 _FORMAT = "adds-checkpoint"
 _FORMAT_VERSION = 1
 # Tower properties that must agree between a checkpoint and the towers it is loaded onto.
-_IDENTITY_KEYS = ("model", "aligned", "embed_dim", "token_dim", "image_size", "quick_gelu", "fingerprint")
+_IDENTITY_KEYS = IDENTITY_KEYS
 
 
 class CheckpointError(ValueError):
@@ -141,12 +143,14 @@ class ADDS(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.trainable_state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
+        config = config_to_dict(self.config)
+        config["towers"], towers = tower_record(self.towers, config["towers"], directory)
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "adds_version": __version__,
-            "config": config_to_dict(self.config),
-            "towers": self.towers.identity(),
+            "config": config,
+            "towers": towers,
         }
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return directory
@@ -165,16 +169,21 @@ class ADDS(nn.Module):
             directory: the checkpoint directory.
             towers: towers to attach (must match the recorded identity); default: load the recorded towers.
             tower_weights: replacement for the recorded ``pretrained`` tag/file (e.g. the weights file's path on
-                this machine); the loaded weights must still match the recorded fingerprint.
+                this machine); the loaded weights must still match the recorded fingerprint. Without it, a recorded
+                weights file is looked for by name and SHA-256 (see :mod:`adds.towers.checkpoint`).
             map_location: device for the trainable weights.
         """
         directory = Path(directory)
         meta = read_checkpoint_config(directory)
         config = config_from_dict(ADDSConfig, meta["config"], where=f" ({directory / CONFIG_NAME})")
         if towers is None:
-            tower_config = config.towers if tower_weights is None else replace(config.towers, pretrained=tower_weights)
-            towers = load_towers(tower_config)
-        _check_towers(meta["towers"], towers.identity(), directory)
+            if tower_weights is None:
+                try:
+                    tower_weights = resolve_weights_file(meta["towers"], config.towers.pretrained, directory)
+                except FileNotFoundError as error:
+                    raise CheckpointError(str(error)) from error
+            towers = load_towers(replace(config.towers, pretrained=tower_weights))
+        _check_towers(meta["towers"], towers, directory)
         model = cls(config, towers=towers)
         weights_path = directory / WEIGHTS_NAME
         if not weights_path.is_file():
@@ -216,12 +225,8 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     return meta
 
 
-def _check_towers(recorded: dict, actual: dict, directory: Path) -> None:
-    diffs = [
-        f"{key}: checkpoint {recorded.get(key)!r} vs towers {actual.get(key)!r}"
-        for key in _IDENTITY_KEYS
-        if key in recorded and recorded.get(key) != actual.get(key)
-    ]
+def _check_towers(recorded: dict, towers: Towers, directory: Path) -> None:
+    diffs = tower_differences(recorded, towers)
     if diffs:
         raise CheckpointError(
             f"The checkpoint in {directory} was trained on other towers than the ones given: " + "; ".join(diffs)
