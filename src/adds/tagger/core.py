@@ -23,6 +23,7 @@ from torch import Tensor
 from adds.data.base import SquashResize
 from adds.data.images import ImageLoadError, as_image_batch, load_image
 from adds.model import ADDS
+from adds.openvocab import OpenVocabulary, checkpoint_open_vocabulary, tagger_logits
 from adds.prompts import validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
@@ -61,6 +62,10 @@ class TaggerConfig:
             head's plan (:mod:`adds.tagger.plan`). Ignored by the CLIP baseline (one view).
         input_size: squash images to this size instead of the size the head was trained at; ``None`` = the
             head's plan. Ignored by the CLIP baseline.
+        open_vocabulary: the open-vocabulary mode of a trained head (:mod:`adds.openvocab`): labels outside its
+            training vocabulary mix the head with the training-free CLIP prior, training labels keep the head's
+            score. ``None`` = on when the checkpoint has an ``open_vocab.json``; ``True`` = required (an error
+            without the file); ``False`` = the plain head (the paper's model).
     """
 
     threshold: float | None = 0.5
@@ -68,6 +73,7 @@ class TaggerConfig:
     batch_size: int = 16
     levels: tuple[int, ...] | None = None
     input_size: int | None = None
+    open_vocabulary: bool | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -147,6 +153,7 @@ class Tagger:
         vocabulary_thresholds: Mapping[str, float] | None = None,
         device: str | torch.device | None = None,
         trained_input_size: int | None = None,
+        open_vocabulary: OpenVocabulary | None = None,
     ) -> None:
         if not isinstance(model, (ADDS, CLIPBaseline)):
             raise TypeError(f"model must be an ADDS model or a CLIPBaseline, got {type(model).__name__}")
@@ -157,6 +164,9 @@ class Tagger:
         self.towers: Towers = model.towers
         self.device = next(self.towers.parameters()).device
         self.plan = self._input_plan(trained_input_size)
+        if open_vocabulary is not None and not isinstance(model, ADDS):
+            raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
+        self.open_vocabulary = open_vocabulary  # adds.openvocab: None = the plain head
         self._pyramid = None
         if isinstance(model, ADDS):
             config_levels = PyramidConfig(levels=self.plan.levels, antialias=model.config.pyramid.antialias)
@@ -216,8 +226,9 @@ class Tagger:
             vocab_thresholds = read_thresholds(threshold_file)
         elif vocabulary is not None:
             vocab_thresholds = {}  # the checkpoint's own vocabulary comes without the built-in thresholds
+        open_vocab = checkpoint_open_vocabulary(directory, (config or TaggerConfig()).open_vocabulary)
         tagger = cls(model, config, labels if labels is not None else vocabulary, thresholds, vocab_thresholds,
-                     trained_input_size=trained_input_size(directory))
+                     trained_input_size=trained_input_size(directory), open_vocabulary=open_vocab)
         logger.info("tagger: ADDS checkpoint %s on %s, %s, %s", directory, target, tagger.plan.describe(),
                     tagger.vocabulary_description())
         return tagger
@@ -319,13 +330,17 @@ class Tagger:
         return PreparedImage(pixels=pixels.float().contiguous(), levels=self.plan.levels, size=(height, width))
 
     @torch.no_grad()
-    def _logits(self, pixels: Tensor, label_embeddings: Tensor) -> Tensor:
-        """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)``."""
+    def _logits(self, pixels: Tensor, label_embeddings: Tensor, labels: Sequence[str] | None = None) -> Tensor:
+        """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)`` (``labels``: for the open-vocabulary mode)."""
         pixels = pixels.to(self.device)
         if isinstance(self.model, CLIPBaseline):
             return self.model(pixels, label_embeddings)
         tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
-        return self.model.forward_head(tokens, label_embeddings)  # (b, k)
+        logits = self.model.forward_head(tokens, label_embeddings)  # (b, k)
+        if self.open_vocabulary is not None and labels is not None:
+            logits = tagger_logits(self.open_vocabulary, tokens, logits, label_embeddings, labels,
+                                   self.towers.tokens_per_image)
+        return logits
 
     def score_prepared(self, images: Sequence[PreparedImage], labels: Sequence[str] | None = None) -> Tensor:
         """Scores ``(n, k)`` in ``[0, 1]`` (CPU, float32) of prepared images, in batches of ``batch_size``."""
@@ -335,7 +350,7 @@ class Tagger:
         size = self.config.batch_size
         for start in range(0, len(images), size):
             pixels = torch.stack([image.pixels for image in images[start:start + size]])  # (b, 3, s, s)
-            out[start:start + len(pixels)] = self._logits(pixels, label_embeddings).float().sigmoid().cpu()
+            out[start:start + len(pixels)] = self._logits(pixels, label_embeddings, labels).float().sigmoid().cpu()
         return out
 
     def scores(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str] | None = None) -> Tensor:
@@ -467,6 +482,7 @@ class Tagger:
             "threshold": self.thresholds.default,
             "per_label_thresholds": len(self.thresholds.per_label),
             "top_k": self.config.top_k,
+            "open_vocabulary": self.open_vocabulary is not None,
         }
 
 
