@@ -24,6 +24,7 @@ from adds.data.base import SquashResize
 from adds.data.images import ImageLoadError, as_image_batch, load_image
 from adds.label_cache import label_cache_enabled
 from adds.model import ADDS
+from adds.openvocab import OpenVocabulary, checkpoint_open_vocabulary, tagger_logits
 from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
@@ -67,6 +68,10 @@ class TaggerConfig:
             turns it off.
         max_cached_labels: bound of the in-memory label-embedding LRU of the towers (``None`` = the default,
             :data:`adds.prompts.DEFAULT_MAX_CACHED_LABELS`).
+        open_vocabulary: the open-vocabulary mode of a trained head (:mod:`adds.openvocab`): labels outside its
+            training vocabulary mix the head with the training-free CLIP prior, training labels keep the head's
+            score. ``None`` = on when the checkpoint has an ``open_vocab.json``; ``True`` = required (an error
+            without the file); ``False`` = the plain head (the paper's model).
     """
 
     threshold: float | None = 0.5
@@ -76,6 +81,7 @@ class TaggerConfig:
     input_size: int | None = None
     label_cache: bool = True
     max_cached_labels: int | None = None
+    open_vocabulary: bool | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -155,6 +161,7 @@ class Tagger:
         vocabulary_thresholds: Mapping[str, float] | None = None,
         device: str | torch.device | None = None,
         trained_input_size: int | None = None,
+        open_vocabulary: OpenVocabulary | None = None,
     ) -> None:
         if not isinstance(model, (ADDS, CLIPBaseline)):
             raise TypeError(f"model must be an ADDS model or a CLIPBaseline, got {type(model).__name__}")
@@ -165,6 +172,9 @@ class Tagger:
         self.towers: Towers = model.towers
         self.device = next(self.towers.parameters()).device
         self.plan = self._input_plan(trained_input_size)
+        if open_vocabulary is not None and not isinstance(model, ADDS):
+            raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
+        self.open_vocabulary = open_vocabulary  # adds.openvocab: None = the plain head
         self._pyramid = None
         if isinstance(model, ADDS):
             config_levels = PyramidConfig(levels=self.plan.levels, antialias=model.config.pyramid.antialias)
@@ -227,8 +237,9 @@ class Tagger:
             vocab_thresholds = read_thresholds(threshold_file)
         elif vocabulary is not None:
             vocab_thresholds = {}  # the checkpoint's own vocabulary comes without the built-in thresholds
+        open_vocab = checkpoint_open_vocabulary(directory, (config or TaggerConfig()).open_vocabulary)
         tagger = cls(model, config, labels if labels is not None else vocabulary, thresholds, vocab_thresholds,
-                     trained_input_size=trained_input_size(directory))
+                     trained_input_size=trained_input_size(directory), open_vocabulary=open_vocab)
         logger.info("tagger: ADDS checkpoint %s on %s, %s, %s", directory, target, tagger.plan.describe(),
                     tagger.vocabulary_description())
         return tagger
@@ -330,13 +341,17 @@ class Tagger:
         return PreparedImage(pixels=pixels.float().contiguous(), levels=self.plan.levels, size=(height, width))
 
     @torch.no_grad()
-    def _logits(self, pixels: Tensor, label_embeddings: Tensor) -> Tensor:
-        """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)``."""
+    def _logits(self, pixels: Tensor, label_embeddings: Tensor, labels: Sequence[str] | None = None) -> Tensor:
+        """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)`` (``labels``: for the open-vocabulary mode)."""
         pixels = pixels.to(self.device)
         if isinstance(self.model, CLIPBaseline):
             return self.model(pixels, label_embeddings)
         tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
-        return self.model.forward_head(tokens, label_embeddings)  # (b, k)
+        logits = self.model.forward_head(tokens, label_embeddings)  # (b, k)
+        if self.open_vocabulary is not None and labels is not None:
+            logits = tagger_logits(self.open_vocabulary, tokens, logits, label_embeddings, labels,
+                                   self.towers.tokens_per_image)
+        return logits
 
     def score_prepared(self, images: Sequence[PreparedImage], labels: Sequence[str] | None = None) -> Tensor:
         """Scores ``(n, k)`` in ``[0, 1]`` (CPU, float32) of prepared images, in batches of ``batch_size``."""
@@ -346,7 +361,7 @@ class Tagger:
         size = self.config.batch_size
         for start in range(0, len(images), size):
             pixels = torch.stack([image.pixels for image in images[start:start + size]])  # (b, 3, s, s)
-            out[start:start + len(pixels)] = self._logits(pixels, label_embeddings).float().sigmoid().cpu()
+            out[start:start + len(pixels)] = self._logits(pixels, label_embeddings, labels).float().sigmoid().cpu()
         return out
 
     def scores(self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str] | None = None) -> Tensor:
@@ -478,6 +493,7 @@ class Tagger:
             "threshold": self.thresholds.default,
             "per_label_thresholds": len(self.thresholds.per_label),
             "top_k": self.config.top_k,
+            "open_vocabulary": self.open_vocabulary is not None,
         }
 
 
