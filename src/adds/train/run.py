@@ -288,9 +288,9 @@ def _after_training(config: TrainConfig, run_dir: Path, scores: Callable[[], Hel
     from adds.calibration import calibrate_checkpoint
 
     predictions = held_out.predictions
+    source = f"held-out validation split of {run_dir.name} ({len(predictions.targets)} images)"
     report = calibrate_checkpoint(run_dir / "best", predictions.scores["all"], predictions.targets,
-                                  held_out.vocabulary, predictions.mask,
-                                  source=f"held-out validation split of {run_dir.name} ({len(predictions.targets)} images)")
+                                  held_out.vocabulary, predictions.mask, source=source)
     summary = report.fit.summary()
     logger.info("calibrated thresholds -> %s: %d per-label, %d pooled fallback; macro F1 at 0.5 %.3f -> %.3f",
                 report.thresholds_path, summary["per_label"], summary["pooled_fallback"],
