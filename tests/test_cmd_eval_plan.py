@@ -48,6 +48,6 @@ def test_adds_eval_runs_at_the_trained_size(tmp_path, tiny_towers):
     (tmp_path / "vocab.txt").write_text("red\ngreen\n")
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(head), "--data-kind", "manifest",
-                 "--data-root", str(tmp_path / "test.csv"), "--labels", str(tmp_path / "vocab.txt"), "--json", str(out), "--workers", "0", "--no-progress",
-                 "--device", "cpu"]) == 0
+                 "--data-root", str(tmp_path / "test.csv"), "--labels", str(tmp_path / "vocab.txt"),
+                 "--json", str(out), "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads(out.read_text())["model"].endswith("48x48")
