@@ -94,9 +94,10 @@ class LabelMemoryCache(OrderedDict):
     def __init__(self, max_labels: int = DEFAULT_MAX_CACHED_LABELS, items=()) -> None:
         if isinstance(max_labels, bool) or not isinstance(max_labels, int) or max_labels < 1:
             raise ValueError(f"max_labels must be a positive int, got {max_labels!r}")
-        super().__init__(items)
-        self.max_labels = max_labels
-        self._trim()
+        self.max_labels = max_labels  # set first: OrderedDict.__init__ inserts through __setitem__
+        super().__init__()
+        for key, value in items:
+            self[key] = value
 
     def lookup(self, key):
         """The entry (marked as recently used), or ``None``."""
