@@ -160,3 +160,26 @@ def test_bad_labels_are_named(model):
         model(torch.rand(1, 3, 32, 32), [])
     with pytest.raises(ValueError, match="Duplicate label 'cat'"):
         model(torch.rand(1, 3, 32, 32), ["cat", "cat"])
+
+
+def test_token_norm_makes_the_head_blind_to_token_scale_and_round_trips(tiny_towers, tmp_path):
+    """Issue 10.9: ``token_norm=s`` feeds ``s * a / |a|`` to the decoder; the default keeps raw tokens (Eq. 4)."""
+    torch.manual_seed(0)
+    normed = ADDS(ADDSConfig(decoder=SMALL, token_norm=2.0), towers=tiny_towers).eval()
+    raw = ADDS(ADDSConfig(decoder=SMALL), towers=tiny_towers).eval()
+    raw.load_state_dict(normed.state_dict())
+    tokens = torch.randn(2, 17, tiny_towers.token_dim)
+    scale = torch.rand(2, 17, 1) * 10 + 0.1  # a different norm for every token
+    labels = normed.encode_labels(LABELS)
+    with torch.no_grad():
+        torch.testing.assert_close(normed.forward_head(tokens * scale, labels), normed.forward_head(tokens, labels))
+        assert not torch.allclose(raw.forward_head(tokens * scale, labels), raw.forward_head(tokens, labels))
+        unit = 2.0 * torch.nn.functional.normalize(tokens, dim=-1)
+        torch.testing.assert_close(normed.forward_head(tokens, labels), raw.forward_head(unit, labels))
+    normed.save_pretrained(tmp_path / "head")
+    loaded = ADDS.from_pretrained(tmp_path / "head", towers=tiny_towers).eval()
+    assert loaded.config.token_norm == 2.0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_head(tokens, labels), normed.forward_head(tokens, labels))
+    with pytest.raises(ValueError, match="token_norm"):
+        ADDSConfig(token_norm=-1.0)

@@ -58,15 +58,22 @@ class ADDSConfig:
         decoder: the DM-decoder stack (``DecoderConfig``; ``kind="ml"`` for the ML-Decoder baseline).
         pyramid: Pyramid-Forwarding levels and crop disposal (``PyramidConfig``).
         templates: prompt templates for the label embeddings (default: the paper's two).
+        token_norm: ``None`` (the paper, and the default) feeds the visual tokens to the decoder as the towers give
+            them; a number ``s`` L2-normalises each token and multiplies it by ``s`` first. Eq. 4 argues on
+            ``a/|a|`` and ``b/|b|``, while real CLIP patch tokens carry a few high-norm outliers; normalised tokens
+            put every token on the label embeddings' scale (``s = 1``) or a chosen one. See docs/architecture.md.
     """
 
     towers: TowerConfig = field(default_factory=TowerConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     templates: tuple[str, ...] = PAPER_TEMPLATES
+    token_norm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", resolve_templates(self.templates))
+        if self.token_norm is not None and not (isinstance(self.token_norm, (int, float)) and self.token_norm > 0):
+            raise ValueError(f"token_norm must be None or a positive number, got {self.token_norm!r}")
 
 
 class ADDS(nn.Module):
@@ -117,6 +124,8 @@ class ADDS(nn.Module):
             raise ValueError(f"tokens must be (B, N, {self.towers.token_dim}), got {tuple(tokens.shape)}")
         weight = self.classifier.fc.weight
         visual = self.token_proj(tokens.to(weight.dtype))  # (B, N, D)
+        if self.config.token_norm is not None:
+            visual = self.config.token_norm * nn.functional.normalize(visual, dim=-1)  # (B, N, D), |token| = s
         return self.classifier(self.decoder(label_embeddings.to(weight.dtype), visual))  # (B, k)
 
     def forward(self, images: torch.Tensor, labels: Sequence[str] | torch.Tensor) -> torch.Tensor:
