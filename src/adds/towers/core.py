@@ -23,6 +23,7 @@ from torch import nn
 from adds.towers.config import TowerConfig, quiet_random_init, register_model_configs
 from adds.towers.identity import FINGERPRINT_SCHEME, fingerprint, legacy_fingerprint, weights_sha256
 from adds.towers.preprocess import canonical_preprocess
+from adds.towers.support import SUPPORTED_POOLS, reason_text
 from adds.towers.weights import create_clip
 
 __all__ = ["Towers", "load_towers", "meta_towers"]
@@ -30,26 +31,30 @@ __all__ = ["Towers", "load_towers", "meta_towers"]
 logger = logging.getLogger(__name__)
 
 
-def _check_visual(visual: nn.Module | None, model: str) -> str:
-    """The pooling of a supported image tower (``"tok"`` or ``"avg"``); a ``ValueError`` naming the reason otherwise."""
+def _check_visual(clip: nn.Module, model: str) -> str:
+    """The pooling of a supported image tower (``"tok"`` or ``"avg"``); a ``ValueError`` naming the reason otherwise.
+
+    The same rules as :func:`adds.towers.support.refusal_reason`, read from the built module (for models built
+    without :func:`load_towers`, e.g. :func:`meta_towers`).
+    """
+    visual = getattr(clip, "visual", None)
+    if isinstance(clip, open_clip.CoCa):
+        raise ValueError(f"'{model}' {reason_text('coca')}")
     if not isinstance(visual, open_clip.transformer.VisionTransformer):
-        kind = type(visual).__name__
-        what = {"ModifiedResNet": "a ResNet", "TimmModel": "a timm"}.get(kind, f"a {kind}")
-        raise ValueError(
-            f"'{model}' has {what} image tower; ADDS needs open_clip's VisionTransformer (class and patch tokens)"
-        )
-    if visual.attn_pool is not None:
-        raise ValueError(
-            f"'{model}' has an attention-pooled image tower (CoCa-style): its output tokens are pooler queries, "
-            f"not image patches, so ADDS cannot use them"
-        )
-    if visual.pool_type not in ("tok", "avg"):
-        raise ValueError(
-            f"'{model}' has pool_type '{visual.pool_type}': its image tower has no single global embedding "
-            f"to align with the text embeddings"
-        )
+        kind = {"ModifiedResNet": "resnet", "TimmModel": "timm"}.get(type(visual).__name__, "other")
+        if kind == "other":
+            raise ValueError(f"'{model}' has a {type(visual).__name__} image tower; ADDS needs open_clip's "
+                             f"VisionTransformer (class and patch tokens)")
+        name = getattr(getattr(visual, "trunk", None), "default_cfg", {}).get("architecture", "?")
+        raise ValueError(f"'{model}' {reason_text(kind, timm=str(name))}")
+    if visual.attn_pool is not None or getattr(visual, "attn_pool_contrastive", None) is not None:
+        raise ValueError(f"'{model}' {reason_text('vit-attn')}")
+    if visual.pool_type not in SUPPORTED_POOLS:
+        raise ValueError(f"'{model}' {reason_text('vit-pool', pool=str(visual.pool_type))}")
     if visual.proj is None:
         raise ValueError(f"'{model}' has no visual projection, so its tokens cannot be aligned")
+    if getattr(clip, "text_pool_type", None) == "none":
+        raise ValueError(f"'{model}' {reason_text('text-none')}")
     return visual.pool_type
 
 
@@ -62,8 +67,8 @@ class Towers(nn.Module):
 
     def __init__(self, clip: nn.Module, config: TowerConfig, source: dict, tokenizer) -> None:
         super().__init__()
-        visual = getattr(clip, "visual", None)
-        self.pool: str = _check_visual(visual, config.model)
+        self.pool: str = _check_visual(clip, config.model)
+        visual = clip.visual
         self.config = config
         self.source = source
         self.clip = clip

@@ -39,6 +39,7 @@ from adds.towers.config import (
 from adds.towers.files import OPENAI_EXTRA_KEYS, fit_state_dict, read_weights_file
 from adds.towers.identity import file_sha256
 from adds.towers.preprocess import canonical_preprocess, resolve_file_preprocess, sidecar_config
+from adds.towers.support import missing_dependency, refusal_reason
 
 __all__ = ["create_clip", "openai_release_hashes"]
 
@@ -188,6 +189,9 @@ def create_clip(config: TowerConfig) -> tuple[nn.Module, dict]:
     if model_cfg is None:
         known = ", ".join(open_clip.list_models())
         raise ValueError(f"Unknown open_clip model '{name}'. Known models include: {known}")
+    reason = refusal_reason(model_cfg) or missing_dependency(model_cfg)
+    if reason:  # before any download: a SigLIP or ResNet tag would otherwise be fetched only to be refused
+        raise ValueError(f"'{name}' {reason}")
     base_quick_gelu = bool(model_cfg.get("quick_gelu", False))
     source: dict = {"model": name, "pretrained": config.pretrained}
     kwargs: dict = {}
