@@ -20,6 +20,7 @@ import open_clip
 import torch
 from torch import nn
 
+from adds.towers import hub
 from adds.towers.config import TowerConfig, quiet_random_init, register_model_configs
 from adds.towers.identity import FINGERPRINT_SCHEME, fingerprint, legacy_fingerprint, weights_sha256
 from adds.towers.preprocess import canonical_preprocess
@@ -194,7 +195,8 @@ def load_towers(config: TowerConfig | None = None, device: str | torch.device | 
     config = config or TowerConfig()
     clip, source = create_clip(config)  # registers the package's model configs, which the tokenizer lookup needs
     towers = Towers(clip, config, source, tokenizer=None)  # refuse unsupported towers before loading a tokenizer
-    towers.tokenizer = open_clip.get_tokenizer(config.model)
+    with hub.hf_text_context(open_clip.get_model_config(config.model) or {}, config.model):
+        towers.tokenizer = open_clip.get_tokenizer(config.model)  # a Hugging Face tokenizer for CustomTextCLIP
     if device is not None:
         towers.to(device)
     logger.info("loaded towers %s", {k: v for k, v in source.items()})

@@ -11,6 +11,11 @@ about a minute in retries before failing. Here, before open_clip is asked for a 
 
 Each failure is a :class:`~adds.towers.config.WeightsUnavailableError` whose message says how to place the weights
 locally.
+
+Hugging Face text towers (``CustomTextCLIP`` with ``hf_model_name``: xlm-roberta, mt5, nllb, roberta) also read the
+text model's ``config.json`` and tokenizer from the hub whenever the towers are built, whatever ``pretrained`` is.
+:func:`hf_text_context` applies the same three rules to that repository: a local folder or a cached ``config.json``
+is used with the hub offline, otherwise an offline or unreachable hub fails at once with a placement message.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import socket
 import threading
 from urllib.parse import urlparse
 
-__all__ = ["cached_tag_file", "hub_is_offline", "hub_offline", "host_reachable", "offline_help", "tag_host"]
+__all__ = ["cached_tag_file", "hf_text_context", "hub_is_offline", "hub_offline", "host_reachable", "offline_help",
+           "tag_host"]
 
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -140,3 +146,43 @@ def offline_help(model: str, tag: str, cache_dir: str | None, reason: str = "") 
         f"copy), or pass the weights file itself: --pretrained /path/to/open_clip_model.safetensors "
         f"(a .bin/.pt state dict or an original OpenAI TorchScript .pt works too)."
     )
+
+
+def hf_text_context(model_cfg: dict, model: str) -> contextlib.AbstractContextManager:
+    """How to build the Hugging Face text tower of ``model_cfg`` without waiting (see the module doc).
+
+    Returns a context manager to build the model / tokenizer in: the hub put offline when everything needed is
+    local, a no-op for built-in text towers or a reachable hub. Raises ``WeightsUnavailableError`` at once when the
+    text model is not local and the hub is offline or unreachable.
+    """
+    text = model_cfg.get("text_cfg", {}) or {}
+    repos = [name for name in (text.get("hf_model_name"), text.get("hf_tokenizer_name")) if name]
+    if not repos:
+        return contextlib.nullcontext()
+    remote = [name for name in dict.fromkeys(repos) if not os.path.isdir(name) and not _hf_repo_cached(name)]
+    if not remote:
+        return hub_offline()
+    from adds.towers.config import WeightsUnavailableError
+
+    if hub_is_offline():
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        host, port = tag_host({"hf_hub": remote[0] + "/"})
+        if host_reachable(host, port):
+            return contextlib.nullcontext()
+        reason = f"{host} is unreachable"
+    raise WeightsUnavailableError(
+        f"'{model}' has a Hugging Face text tower ({', '.join(remote)}) that is not in the local Hugging Face cache "
+        f"and {reason}: on a connected machine run python -c \"import open_clip; open_clip.get_tokenizer('{model}'); "
+        f"open_clip.create_model('{model}')\" and copy its Hugging Face cache here (or point HF_HOME at a copy)"
+    )
+
+
+def _hf_repo_cached(repo_id: str) -> bool:
+    """Whether a hub repository's ``config.json`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str) and os.path.isfile(found)

@@ -118,9 +118,12 @@ def _decide_file_quick_gelu(config: TowerConfig, path: Path, base: bool, evidenc
 
 
 def _random_model(name: str, quick_gelu: bool, seed: int, kwargs: dict) -> nn.Module:
+    """A randomly initialised model -- all of it: a Hugging Face text tower is built from its config, not fetched
+    with its pretrained weights (random towers are random; a weights file overwrites them anyway)."""
     with torch.random.fork_rng(devices=[]), quiet_random_init():
         torch.manual_seed(seed)
-        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False,
+                                      pretrained_image=False, **kwargs)
 
 
 def _set_preprocess(model: nn.Module, preprocess: dict) -> None:
@@ -199,6 +202,14 @@ def create_clip(config: TowerConfig) -> tuple[nn.Module, dict]:
         kwargs["force_image_size"] = config.image_size
     if config.cache_dir is not None:
         kwargs["cache_dir"] = config.cache_dir
+    with hub.hf_text_context(model_cfg, name):
+        model = _create(config, model_cfg, base_quick_gelu, kwargs, source)
+    source["preprocess"] = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
+    return model, source
+
+
+def _create(config: TowerConfig, model_cfg: dict, base_quick_gelu: bool, kwargs: dict, source: dict) -> nn.Module:
+    name = config.model
     pretrained = config.pretrained
     if pretrained is None:
         quick_gelu = base_quick_gelu if config.quick_gelu is None else config.quick_gelu
@@ -220,5 +231,4 @@ def create_clip(config: TowerConfig) -> tuple[nn.Module, dict]:
             f"'{pretrained}' is neither an existing file nor a pretrained tag of '{name}' "
             f"(known tags: {', '.join(tags) or 'none'})"
         )
-    source["preprocess"] = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
-    return model, source
+    return model
