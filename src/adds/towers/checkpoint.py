@@ -2,8 +2,9 @@
 
 A checkpoint's ``config.json`` holds the :class:`~adds.towers.TowerConfig` and :meth:`Towers.identity`. For weights
 from a local file neither holds an absolute path: the config's ``pretrained`` is the file's *name*, its
-``preprocess_from`` the resolved normalisation (inline JSON, so the checkpoint does not depend on a sidecar file),
-and the identity adds ``weights_file``: name, SHA-256 and the path relative to the checkpoint directory. On load
+``preprocess_from`` the resolved normalisation (inline JSON, so the checkpoint does not depend on a sidecar file;
+the same whenever ``preprocess_from`` was given, e.g. as a JSON file), and the identity adds ``weights_file``:
+name, SHA-256 and the path relative to the checkpoint directory. On load
 (:func:`resolve_weights_file`) the file is looked for, in order, at
 
 1. the path given explicitly (``tower_weights`` / ``--tower-weights``), used as is;
@@ -36,10 +37,12 @@ def tower_record(towers: Towers, config_towers: dict, directory: Path) -> tuple[
     identity = towers.identity()
     config_towers = dict(config_towers)
     weights_file = towers.source.get("weights_file") if "file_sha256" in towers.source else None
+    if weights_file is not None or config_towers.get("preprocess_from"):
+        # the resolved normalisation inline: never a path to a JSON file, nor a sidecar the checkpoint depends on
+        config_towers["preprocess_from"] = json.dumps(towers.preprocess, sort_keys=True)
     if weights_file is not None:
         path = Path(weights_file)
         config_towers["pretrained"] = path.name
-        config_towers["preprocess_from"] = json.dumps(towers.preprocess, sort_keys=True)
         record = {"name": path.name, "sha256": identity["file_sha256"]}
         try:
             record["relative_path"] = os.path.relpath(path.resolve(), directory.resolve())

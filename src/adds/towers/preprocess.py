@@ -137,7 +137,8 @@ def resolve_file_preprocess(model: str, spec: str | None, path: Path | None, tor
         groups = "; ".join(f"{', '.join(group)}: mean {json.loads(key)['mean']}" for key, group in distinct.items())
         logger.warning(
             "%s carries no preprocessing and the tags of '%s' disagree (%s): using open_clip's default (OpenAI "
-            "mean/std). If the file holds one of these tags' weights, pass --preprocess-from TAG (or put an %s "
-            "next to it)", path, model, groups, SIDECAR_NAME,
+            "mean/std). If the file holds one of these tags' weights, set preprocess_from to that tag "
+            "(TowerConfig.preprocess_from; towers.preprocess_from in a training config) or put an %s with its "
+            "preprocess_cfg next to the file", path, model, groups, SIDECAR_NAME,
         )
     return canonical_preprocess({}), "open_clip default"
