@@ -40,9 +40,19 @@ def is_torchscript_archive(path: Path) -> bool:
 
 
 def _short(error: BaseException) -> str:
+    """The first sentence of an error's first line (torch's zip errors go on with advice about miniz)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
-    return text[:200]
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
+def _unpickling_detail(error: BaseException) -> str:
+    """The informative part of torch's weights-only unpickling error (its first lines suggest ``weights_only=False``,
+    which adds never does: that would execute the file's pickle)."""
+    for line in str(error).splitlines():
+        if "Unsupported operand" in line:
+            return f"not a pickle of tensors: {line.strip()[:100]}"
+    return "not a pickle of tensors"
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -80,13 +90,13 @@ def read_weights_file(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        if "Unsupported global" in str(error) or "GLOBAL " in str(error):  # a pickled object, not garbage bytes
             raise WeightsFileError(
                 f"{path} holds Python objects besides tensors, which adds never unpickles: save a plain state dict "
                 f"(torch.save(model.state_dict(), ...)) or a .safetensors file"
             ) from error
         raise WeightsFileError(f"{path}: not a readable PyTorch or safetensors weights file, truncated or "
-                               f"corrupt ({_short(error)})") from error
+                               f"corrupt ({_unpickling_detail(error)})") from error
     except Exception as error:  # RuntimeError (bad zip), EOFError, ValueError, ... for damaged files
         raise WeightsFileError(f"{path}: not a readable PyTorch or safetensors weights file, truncated or "
                                f"corrupt ({_short(error)})") from error
