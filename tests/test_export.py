@@ -58,9 +58,19 @@ def test_traceable_crops_equal_pyramid_forwarding(tiny_towers, size, levels):
     torch.testing.assert_close(crops(images), expected, atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("variant", ["dm", "dm-pyramid", "ml", "unaligned-token-norm"])
-def test_onnx_matches_pytorch_with_dynamic_batch_and_labels(tiny_towers, tiny_towers_unaligned, tmp_path, variant):
-    towers = tiny_towers_unaligned if variant.startswith("unaligned") else tiny_towers
+@pytest.fixture(scope="module")
+def toy_towers():
+    """The toy world's CLIP: two attention heads per layer, so open_clip takes nn.MultiheadAttention's fused
+    inference fast path (which the exporter cannot trace; export_onnx turns it off while tracing)."""
+    from adds.toyworld.tinyclip import load_toy_towers
+
+    return load_toy_towers(0)
+
+
+@pytest.mark.parametrize("variant", ["dm", "dm-pyramid", "ml", "unaligned-token-norm", "toy-fastpath"])
+def test_onnx_matches_pytorch_with_dynamic_batch_and_labels(tiny_towers, tiny_towers_unaligned, toy_towers, tmp_path,
+                                                            variant):
+    towers = {"unaligned-token-norm": tiny_towers_unaligned, "toy-fastpath": toy_towers}.get(variant, tiny_towers)
     changes = {"token_norm": 2.0} if variant.startswith("unaligned") else {}
     if variant == "ml":
         changes["decoder"] = DecoderConfig(kind="ml", num_layers=2, num_heads=2, ffn_dim=64)
@@ -85,6 +95,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch_and_labels(tiny_towers, tiny_to
     graph = onnx.load(str(result.path)).graph
     dims = {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for value in graph.input}
     assert dims == {"images": ["batch", 3, size, size], "label_embeddings": ["labels", towers.embed_dim]}
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the export
     meta = json.loads(result.metadata_path.read_text())
     assert meta["kind"] == "head" and meta["input_size"] == size and meta["crops"] == result.crops
     assert meta["templates"] == list(model.config.templates)

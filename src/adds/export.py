@@ -337,11 +337,16 @@ def export_onnx(
     labels = F.normalize(torch.randn(3, dim), dim=-1)  # (k, D)
     dynamic = {"images": {0: "batch"}, "label_embeddings": {0: "labels"},
                "logits": {0: "batch", 1: "labels"}, "scores": {0: "batch", 1: "labels"}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(wrapped, (images, labels), str(path), dynamo=False, input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=config.opset,
-                          do_constant_folding=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        # nn.MultiheadAttention's inference fast path (open_clip towers with an even head count) is a fused op the
+        # exporter does not know; the regular path computes the same attention.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            _onnx_export(wrapped, (images, labels), path, dynamic, config.opset)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     max_diff = verify_onnx(path, wrapped, config) if config.verify else None
     kind = "head" if isinstance(model, ADDS) else "baseline"
     meta = _metadata(model, wrapped, config, {"kind": kind, "max_abs_diff": max_diff})
@@ -352,6 +357,12 @@ def export_onnx(
     return ExportResult(path=path, metadata_path=metadata_path, kind=kind, input_size=wrapped.input_size,
                         levels=tuple(wrapped.levels), crops=wrapped.crops.num_crops, embed_dim=dim,
                         max_abs_diff=max_diff, seconds=time.perf_counter() - start)
+
+
+def _onnx_export(wrapped: nn.Module, example: tuple[Tensor, Tensor], path: Path, dynamic: dict, opset: int) -> None:
+    torch.onnx.export(wrapped, example, str(path), dynamo=False, input_names=list(INPUT_NAMES),
+                      output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=opset,
+                      do_constant_folding=True)
 
 
 def verify_onnx(path: str | Path, wrapped: nn.Module, config: ExportConfig | None = None, seed: int = 0) -> float:
