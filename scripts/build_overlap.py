@@ -7,7 +7,14 @@ definition; ``protocols.md`` fixes one:
 1. every target label (COCO-80, NUS-WIDE-81) gets one WordNet 3.0 noun synset, chosen by hand (``CHOICES`` below);
 2. an ImageNet class's WordNet id is ``'n'`` + its 8-digit WordNet 3.0 noun offset;
 3. a target label is *overlapped* with a training set if its synset is one of the training classes or a hypernym
-   of one (COCO "dog" overlaps ImageNet-1k through its 118 dog breeds).
+   of one (COCO "dog" overlaps ImageNet-1k through its 118 dog breeds): the **broad** rule;
+4. a handful of ImageNet classes are photographed and prompted as another sense than their WordNet id says
+   (ImageNet-1k's "tea cup" is ``cup.n.06``, a punch; "television" is ``television.n.02``, the broadcasting
+   system): ``SENSE_FIXES`` below gives each the synset its prompt name and images mean, and both rules use it.
+
+The **narrow** rule (for Table 8's "first 15k ImageNet-21k classes not overlapping NUS-WIDE", which the broad
+rule cannot give: it leaves 9.7k) counts a class as overlapping a label only when it *is* the label: the same
+(fixed) synset, or a prompt name equal to the label's name up to case and a plural "s".
 
 WordNet is read straight from the database files of Debian's ``wordnet-base`` package (``apt-get install
 wordnet-base`` puts WordNet 3.0 in ``/usr/share/wordnet``; any WordNet 3.0 ``dict/`` folder works, e.g. nltk's
@@ -203,6 +210,25 @@ CHOICES: dict[str, dict[str, str]] = {
     },
 }
 
+# ImageNet classes whose WordNet id names another sense than the one their images and prompt name show.
+# wnid -> (the synset meant, why). Found by listing every class whose prompt name contains a target label's name
+# (or equals it) without falling under that label, and reading the glosses (docs/datasets.md, "Sense fixes").
+SENSE_FIXES: dict[str, tuple[str, str]] = {
+    "n07930864": ("teacup.n.02", "ImageNet-1k 'tea cup': the wnid is cup.n.06 (a punch served in a pitcher)"),
+    "n04404412": ("television_receiver.n.01", "ImageNet-1k 'television': the wnid is television.n.02, the "
+                  "telecommunication system; the images are TV sets"),
+    "n04553703": ("sink.n.01", "ImageNet-1k 'sink': the wnid is washbasin.n.02 (a basin for washing the hands, "
+                  "under basin.n.01); the images are sinks"),
+    "n09428293": ("beach.n.01", "ImageNet-1k 'beach': the wnid is seashore.n.01 (under shore.n.01); the images "
+                  "and the prompt are beaches"),
+    "n01887787": ("cattle.n.01", "ImageNet-21k 'cow': the wnid is cow.n.02 (mature female of any mammal with "
+                  "bulls); prompted 'cow', as COCO's and NUS-WIDE's cattle"),
+    "n00021265": ("food.n.02", "ImageNet-21k 'food': the wnid is food.n.01 (any nutrient substance, a hypernym of "
+                  "NUS-WIDE's solid food); prompted 'food'"),
+    "n11508382": ("snow.n.02", "ImageNet-21k 'snow': the wnid is snow.n.01 (falling snow); prompted 'snow', as "
+                  "NUS-WIDE's snow"),
+}
+
 
 @dataclass
 class Synset:
@@ -281,6 +307,45 @@ def read_wnids(path: Path) -> list[str]:
         return [row["wnid"] for row in csv.DictReader(handle, delimiter="\t")]
 
 
+def prompt_names() -> dict[str, str]:
+    """wnid -> the name the text tower is prompted with before de-duplication (``adds.data.imagenet``): the
+    open_clip clean name for ImageNet-1k classes, else the first WordNet lemma."""
+    names = {}
+    with open(RESOURCES / "imagenet21k_goog_21843_wnid_lemmas.tsv", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            names[row["wnid"]] = row["wordnet_lemmas"].split(",")[0].strip().replace("_", " ")
+    with open(RESOURCES / "imagenet1k_index_wnid_name_lemmas.tsv", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            names[row["wnid"]] = row["openclip_name"]
+    return names
+
+
+def name_forms(label: str) -> set[str]:
+    """A label's name, lower-cased, with and without a plural "s" (NUS-WIDE's "birds", COCO's "skis")."""
+    name = label.lower()
+    return {name, name[:-1] if name.endswith("s") else name + "s"}
+
+
+def class_synsets(wordnet: WordNet, wnids: list[str]) -> dict[str, int]:
+    """wnid -> the offset of the synset the class means: its own, or its ``SENSE_FIXES`` entry."""
+    meant = {wnid: int(wnid[1:]) for wnid in wnids}
+    for wnid, (name, _) in SENSE_FIXES.items():
+        if wnid in meant:
+            meant[wnid] = wordnet.by_name(name).offset
+    return meant
+
+
+def ancestors(wordnet: WordNet, offset: int) -> set[int]:
+    """The synset and all its hypernyms (including instance hypernyms), transitively."""
+    seen, stack = {offset}, [offset]
+    while stack:
+        for parent in wordnet.synsets[stack.pop()].hypernyms:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
 def build(wordnet: WordNet, out: Path) -> None:
     in1k = read_wnids(RESOURCES / "imagenet1k_index_wnid_name_lemmas.tsv")
     in21k = read_wnids(RESOURCES / "imagenet21k_goog_21843_wnid_lemmas.tsv")
@@ -288,35 +353,61 @@ def build(wordnet: WordNet, out: Path) -> None:
         if int(wnid[1:]) not in wordnet.synsets:
             raise SystemExit(f"ImageNet class {wnid} is not a WordNet 3.0 noun synset: wrong WordNet version?")
     in1k_set, in21k_set = set(in1k), set(in21k)
+    every = list(dict.fromkeys([*in21k, *in1k]))
+    meant = class_synsets(wordnet, every)
+    above = {wnid: ancestors(wordnet, offset) for wnid, offset in meant.items()}
+    names = prompt_names()
     label_rows = []
-    classes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    # wnid -> target -> rule -> labels
+    classes: dict[str, dict[str, dict[str, list[str]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for target, choices in CHOICES.items():
         for label, name in choices.items():
             synset = wordnet.by_name(name)
-            below = {f"n{offset:08d}" for offset in wordnet.subtree(synset.offset)}
-            hits1k, hits21k = below & in1k_set, below & in21k_set
-            for wnid in hits21k | hits1k:
-                classes[wnid][target].append(label)
-            label_rows.append([target, label, name, synset.wnid, str(int(bool(hits1k))), str(len(hits1k)),
-                               str(int(bool(hits21k))), str(len(hits21k)), synset.gloss.replace("\t", " ")])
+            forms = name_forms(label)
+            hits = {"broad": set(), "narrow": set()}
+            for wnid in every:
+                if synset.offset in above[wnid]:
+                    hits["broad"].add(wnid)
+                if meant[wnid] == synset.offset or names[wnid].lower() in forms:
+                    hits["narrow"].add(wnid)
+            for rule, wnids in hits.items():
+                for wnid in wnids:
+                    classes[wnid][target][rule].append(label)
+            counts = []
+            for rule in ("broad", "narrow"):
+                n1k, n21k = len(hits[rule] & in1k_set), len(hits[rule] & in21k_set)
+                counts += [str(int(n1k > 0)), str(n1k), str(int(n21k > 0)), str(n21k)]
+            label_rows.append([target, label, name, synset.wnid, *counts, synset.gloss.replace("\t", " ")])
     with open(out / "overlap_wordnet.tsv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["target", "label", "synset", "wnid", "overlapped_imagenet1k", "n_imagenet1k_classes",
-                         "overlapped_imagenet21k", "n_imagenet21k_classes", "definition"])
+                         "overlapped_imagenet21k", "n_imagenet21k_classes", "narrow_overlapped_imagenet1k",
+                         "narrow_n_imagenet1k_classes", "narrow_overlapped_imagenet21k", "narrow_n_imagenet21k_classes",
+                         "definition"])
         writer.writerows(label_rows)
     order = {wnid: i for i, wnid in enumerate(in21k)}
     with open(out / "overlap_imagenet_classes.tsv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["wnid", "in_imagenet1k", *CHOICES])
+        writer.writerow(["wnid", "in_imagenet1k", *CHOICES, *(f"{target}_narrow" for target in CHOICES)])
         for wnid in sorted(classes, key=lambda w: (order.get(w, len(order)), w)):
-            writer.writerow([wnid, str(int(wnid in in1k_set)), *("|".join(classes[wnid][t]) for t in CHOICES)])
+            writer.writerow([wnid, str(int(wnid in in1k_set)),
+                             *("|".join(classes[wnid][t]["broad"]) for t in CHOICES),
+                             *("|".join(classes[wnid][t]["narrow"]) for t in CHOICES)])
+    with open(out / "imagenet_sense_fixes.tsv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["wnid", "prompt_name", "wordnet_synset", "meant_synset", "meant_wnid", "reason"])
+        for wnid, (name, reason) in SENSE_FIXES.items():
+            writer.writerow([wnid, names[wnid], wordnet.name(int(wnid[1:])), name,
+                             wordnet.by_name(name).wnid, reason])
     for target in CHOICES:
         rows = [row for row in label_rows if row[0] == target]
-        print(f"{target}: {sum(row[4] == '1' for row in rows)}/{len(rows)} overlapped with ImageNet-1k, "
-              f"{sum(row[6] == '1' for row in rows)}/{len(rows)} with ImageNet-21k; "
-              f"{sum(1 for w in classes if classes[w][target] and w in in21k_set)} ImageNet-21k classes fall under "
-              "its labels")
-    print(f"wrote {out / 'overlap_wordnet.tsv'} and {out / 'overlap_imagenet_classes.tsv'}")
+        for rule, column in (("broad", 4), ("narrow", 8)):
+            under = sum(1 for w in classes if classes[w][target][rule] and w in in21k_set)
+            print(f"{target} ({rule}): {sum(row[column] == '1' for row in rows)}/{len(rows)} overlapped with "
+                  f"ImageNet-1k, {sum(row[column + 2] == '1' for row in rows)}/{len(rows)} with ImageNet-21k; "
+                  f"{under} ImageNet-21k classes overlap its labels")
+    print(f"wrote {out / 'overlap_wordnet.tsv'}, {out / 'overlap_imagenet_classes.tsv'} and "
+          f"{out / 'imagenet_sense_fixes.tsv'}")
 
 
 def main(argv: list[str] | None = None) -> int:

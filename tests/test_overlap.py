@@ -15,6 +15,7 @@ from adds.data.overlap import (
     label_synsets,
     overlap_indices,
     overlapped_labels,
+    sense_fixes,
 )
 from adds.data.registry import resource_lines, resource_table
 
@@ -124,3 +125,63 @@ def test_wordnet_reader_names_senses_and_walks_hyponyms(tmp_path):
     assert wordnet.subtree(10) == {10, 20, 21, 30, 31}
     assert wordnet.subtree(40) == {40, 41}
     assert wordnet.synsets[20].gloss == "gloss of dog"
+
+
+def test_sense_fixes_follow_the_prompt_names():
+    """ImageNet-1k 'tea cup' (wnid: a punch) and 'television' (wnid: the broadcasting system) overlap COCO cup/tv."""
+    fixes = {fix.wnid: fix for fix in sense_fixes()}
+    assert fixes["n07930864"].prompt_name == "tea cup" and fixes["n07930864"].wordnet_synset == "cup.n.06"
+    assert fixes["n04404412"].meant_synset == "television_receiver.n.01"
+    coco = {row.label: row for row in label_synsets("coco80")}
+    assert fixes["n04404412"].meant_wnid == coco["tv"].wnid
+    assert overlapped_labels("coco80", ["n07930864"])[0] == ["cup"]
+    assert overlapped_labels("coco80", ["n04404412"])[0] == ["tv"]
+    assert overlapped_labels("coco80", ["n04553703"])[0] == ["sink"]
+    assert overlapped_labels("nuswide81", ["n09428293"])[0] == ["beach"]
+    overlapped, _ = overlapped_labels("coco80", "imagenet1k")
+    assert {"cup", "tv", "sink"} <= set(overlapped) and len(overlapped) == 58
+    assert len(overlapped_labels("nuswide81", "imagenet1k")[0]) == 33
+    # the bird stays a bird: a sense is fixed only where the images show the label's sense
+    assert "kite" not in overlapped and "n01608432" not in fixes
+
+
+def test_every_imagenet1k_class_named_after_a_target_label_overlaps_it():
+    """Prompt-name consistency: an ImageNet-1k class whose prompt name *is* a COCO / NUS-WIDE label name overlaps it."""
+    table = resource_table("imagenet1k_index_wnid_name_lemmas.tsv")
+    names = {row["wnid"]: row["openclip_name"].lower() for row in table}
+    for target in ("coco80", "nuswide81"):
+        labels = [row.label for row in label_synsets(target)]
+        for wnid, name in names.items():
+            matching = [label for label in labels if name in {label, label.rstrip("s"), label + "s"}]
+            if matching:
+                assert set(matching) <= set(overlapped_labels(target, [wnid])[0]), (target, wnid, name)
+
+
+def test_narrow_rule_counts_only_classes_that_are_the_label():
+    # a dog breed is a kind of dog (broad) but not a dog (narrow); the 21k class "dog" is
+    assert overlapped_labels("coco80", [CHIHUAHUA], rule="narrow")[0] == []
+    assert overlapped_labels("coco80", ["n02084071"], rule="narrow")[0] == ["dog"]
+    # same prompt name counts under the narrow rule: the rodent "mouse" leaves the same text as COCO's mouse
+    assert "n02330245" in classes_overlapping("coco80", rule="narrow")
+    assert "n02330245" not in classes_overlapping("coco80")
+    # 'television' is fixed to COCO tv's own synset, so even the narrow rule sees it; 'tea cup' is only a kind of cup
+    assert overlapped_labels("coco80", ["n04404412"], rule="narrow")[0] == ["tv"]
+    assert overlapped_labels("coco80", ["n07930864"], rule="narrow")[0] == []
+    all21k = imagenet_wnids("imagenet21k")
+    broad = classes_overlapping("nuswide81", all21k)
+    narrow = classes_overlapping("nuswide81", all21k, rule="narrow")
+    assert len(all21k) - len(broad) == 9752  # broad: fewer than the paper's 15,000 remain
+    assert len(all21k) - len(narrow) >= 15000 and len(narrow) == 87
+    for target in ("coco80", "nuswide81"):
+        for train in ("imagenet1k", "imagenet21k"):
+            flag = ("narrow_overlapped_" + train)
+            assert overlapped_labels(target, train, "narrow")[0] == [
+                row.label for row in label_synsets(target) if getattr(row, flag)]
+    with pytest.raises(ValueError, match="unknown overlap rule"):
+        overlapped_labels("coco80", "imagenet1k", rule="loose")
+
+
+def test_build_script_sense_fixes_match_the_committed_file():
+    script = _load_script()
+    assert {fix.wnid: fix.meant_synset for fix in sense_fixes()} == {
+        wnid: name for wnid, (name, _) in script.SENSE_FIXES.items()}

@@ -13,9 +13,11 @@ zero-shot lists; other 21k classes their first WordNet lemma. Names that would r
 refuses duplicate labels.
 
 :func:`build_imagenet21k_subset` reproduces the Table 8 setup: the first N classes in the ImageNet-21k (fall11)
-order that do not overlap a target vocabulary (the WordNet rule of :mod:`adds.data.overlap`), M images per class.
-It writes its class list (``wnid``, ``name``, ``max_images``), which ``DatasetConfig(kind="imagenet",
-labels=<that file>)`` reads back.
+order that do not overlap a target vocabulary (the WordNet rules of :mod:`adds.data.overlap`: ``"broad"`` leaves
+out every kind of a target label, ``"narrow"`` only the classes that are one; only the narrow rule leaves the
+paper's 15,000), M images per class. It writes its class list (``wnid``, ``name``, ``max_images``), which
+``DatasetConfig(kind="imagenet", labels=<that file>)`` reads back. The lists of both rules are published under
+``configs/imagenet_classes/``.
 """
 
 from __future__ import annotations
@@ -236,10 +238,13 @@ class ImageNetSubsetConfig:
         num_classes: how many classes to take, in the source's order (15,000 in Table 8); ``None`` = all eligible.
         images_per_class: cap on images per class (100 in Table 8); ``None`` = all.
         exclude_target: leave out classes that overlap this target vocabulary (``"nuswide81"`` or ``"coco80"``,
-            the WordNet rule of :mod:`adds.data.overlap`); ``None`` keeps every class.
+            the WordNet rules of :mod:`adds.data.overlap`); ``None`` keeps every class.
         source: ``"21k"`` (the 21,843 fall11 classes in their published order) or ``"1k"`` (Table 8's first line:
             ImageNet-1k without the classes overlapping NUS-WIDE).
         split: folder to check on disk (``<root>/<split>`` or wnid folders directly under ``root``).
+        rule: ``"broad"`` (leave out every class that is a target label or a kind of one: 9,752 21k classes
+            remain without NUS-WIDE, 471 of ImageNet-1k) or ``"narrow"`` (leave out only the classes that are a
+            target label: 21,756 and 994 remain, so the paper's "first 15k" exist).
     """
 
     num_classes: int | None = 15000
@@ -247,29 +252,36 @@ class ImageNetSubsetConfig:
     exclude_target: str | None = "nuswide81"
     source: str = "21k"
     split: str = "train"
+    rule: str = "broad"
 
     def __post_init__(self) -> None:
+        from adds.data.overlap import OVERLAP_RULES
+
         if self.source not in ("1k", "21k"):
             raise ValueError(f"source must be '1k' or '21k', got {self.source!r}")
+        if self.rule not in OVERLAP_RULES:
+            raise ValueError(f"rule must be one of {list(OVERLAP_RULES)}, got {self.rule!r}")
         for field, value in (("num_classes", self.num_classes), ("images_per_class", self.images_per_class)):
             if value is not None and value < 1:
                 raise ValueError(f"{field} must be >= 1 or None, got {value}")
 
 
 def build_imagenet_subset(root: str | os.PathLike | None, config: ImageNetSubsetConfig,
-                          out_file: str | os.PathLike, exclude: Iterable[str] = ()) -> list[ImageNetClass]:
+                          out_file: str | os.PathLike, exclude: Iterable[str] = (),
+                          command: str | None = None) -> list[ImageNetClass]:
     """Pick classes as ``config`` says and write their list to ``out_file`` (TSV: wnid, name, max_images).
 
     Classes are taken in the source order, skipping those overlapping ``config.exclude_target``, those in
     ``exclude`` and, when ``root`` is given, those without any image on disk, until ``config.num_classes``
-    are found (fewer, with a warning, if the source runs out).
+    are found (fewer, with a warning, if the source runs out). ``command`` (the line that asked for the list) is
+    written into the file's header comment, so a published list says how to rebuild it.
     """
     from adds.data.overlap import classes_overlapping
 
     candidates = imagenet_classes(config.source)
     excluded = set(exclude)
     if config.exclude_target is not None:
-        excluded |= classes_overlapping(config.exclude_target, (cls.wnid for cls in candidates))
+        excluded |= classes_overlapping(config.exclude_target, (cls.wnid for cls in candidates), config.rule)
     split_dir = None if root is None else _split_dir(Path(root), config.split)
     present = None if split_dir is None else {entry.name for entry in os.scandir(split_dir) if entry.is_dir()}
     chosen: list[ImageNetClass] = []
@@ -290,7 +302,7 @@ def build_imagenet_subset(root: str | os.PathLike | None, config: ImageNetSubset
     if config.num_classes is not None and len(chosen) < config.num_classes:
         logger.warning("ImageNet-%s subset: only %d classes qualify (asked for %d); %d overlap %s, %d have no "
                        "images on disk", config.source, len(chosen), config.num_classes, skipped_overlap,
-                       config.exclude_target, skipped_missing)
+                       f"{config.exclude_target} ({config.rule} rule)", skipped_missing)
     if short:
         logger.info("ImageNet-%s subset: %d class(es) have fewer than %d images (all of theirs are used)",
                     config.source, short, config.images_per_class)
@@ -298,8 +310,12 @@ def build_imagenet_subset(root: str | os.PathLike | None, config: ImageNetSubset
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8", newline="") as handle:
         handle.write(f"# ImageNet-{config.source} subset: {len(chosen)} classes in source order, "
-                     f"excluding classes overlapping {config.exclude_target} (WordNet rule, adds.data.overlap), "
-                     f"at most {config.images_per_class} images per class (first in file-name order)\n")
+                     f"excluding classes overlapping {config.exclude_target} ({config.rule} WordNet rule, "
+                     f"adds.data.overlap), "
+                     + ("all images of each class" if config.images_per_class is None else
+                        f"at most {config.images_per_class} images per class (first in file-name order)") + "\n")
+        if command:
+            handle.write(f"# built by: {command}\n")
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["wnid", "name", "max_images"])
         for cls in chosen:
@@ -310,15 +326,16 @@ def build_imagenet_subset(root: str | os.PathLike | None, config: ImageNetSubset
 
 def build_imagenet21k_subset(root: str | os.PathLike | None, target_vocabulary_overlap: str | Iterable[str] | None,
                              num_classes: int | None, images_per_class: int | None,
-                             out_file: str | os.PathLike) -> list[ImageNetClass]:
+                             out_file: str | os.PathLike, rule: str = "broad") -> list[ImageNetClass]:
     """Table 8's ImageNet-21k training set: the first ``num_classes`` 21k classes not overlapping the target
     vocabulary, ``images_per_class`` images each; writes the class list to ``out_file`` and returns it.
 
     ``target_vocabulary_overlap`` is a target name (``"nuswide81"``, ``"coco80"``), an iterable of wnids to leave
     out, or ``None``. ``root`` (the 21k image tree) may be ``None`` to build the list without checking the disk.
+    ``rule`` is the overlap rule (``"broad"`` or ``"narrow"``, see :class:`ImageNetSubsetConfig`).
     """
     if isinstance(target_vocabulary_overlap, str) or target_vocabulary_overlap is None:
-        config = ImageNetSubsetConfig(num_classes, images_per_class, target_vocabulary_overlap, "21k")
+        config = ImageNetSubsetConfig(num_classes, images_per_class, target_vocabulary_overlap, "21k", rule=rule)
         return build_imagenet_subset(root, config, out_file)
-    config = ImageNetSubsetConfig(num_classes, images_per_class, None, "21k")
+    config = ImageNetSubsetConfig(num_classes, images_per_class, None, "21k", rule=rule)
     return build_imagenet_subset(root, config, out_file, exclude=target_vocabulary_overlap)
