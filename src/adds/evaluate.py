@@ -97,6 +97,9 @@ class EvalConfig:
             ``None`` = from the test dataset's kind.
         overlap_train: the training classes the overlap is computed against (``"imagenet1k"``).
         batch_size: images per forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision :func:`evaluate_model` runs the model's image
+            path in (:mod:`adds.tagger.precision`: a CPU bf16 run casts the vision tower and head in place; a GPU
+            run uses ``torch.autocast``); scores are float32. An explicit ``autocast_dtype`` argument wins on GPU.
     """
 
     protocol: str = "conventional"
@@ -107,8 +110,11 @@ class EvalConfig:
     overlap_target: str | None = None
     overlap_train: str = "imagenet1k"
     batch_size: int = 256
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"evaluation protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
@@ -463,6 +469,12 @@ def evaluate_model(
     """
     from torch.utils.data import DataLoader
 
+    from adds.tagger.precision import resolve_precision
+
+    precision = resolve_precision(config.precision, device)  # PrecisionError (a ValueError): cannot run here
+    precision.prepare(model)  # CPU bf16: the image path cast in place; the text tower stays float32
+    if autocast_dtype is None:
+        autocast_dtype = precision.autocast_dtype
     vocabulary = list(vocabulary)
     embeddings = model.encode_labels(vocabulary) if label_embeddings is None else label_embeddings
     label_sets = {"all": embeddings}

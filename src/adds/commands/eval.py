@@ -89,7 +89,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: %(default)s)")
     run.add_argument("--workers", type=int, default=4, help="DataLoader workers (default: %(default)s)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
-    run.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
+    run.add_argument("--precision", default="auto", metavar="P",
+                     help="precision of the image path (vision tower and head): auto (default: bf16 autocast on a "
+                     "GPU with bfloat16, else fp16 on a GPU; fp32 on a CPU), fp32, bf16 or fp16. On a CPU, bf16 needs "
+                     "native bfloat16 (AVX512-BF16/AMX) and fp16 is refused; scores stay float32")
+    run.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU (the same as --precision fp32)")
     run.add_argument("--json", metavar="OUT", help="write the results as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_eval)
@@ -111,15 +115,22 @@ def run_eval(args: argparse.Namespace) -> int:
     chosen = [bool(args.checkpoint), bool(args.zero_shot_baseline), bool(args.scores)]
     if sum(chosen) != 1:
         return _fail("give exactly one of --checkpoint DIR, --zero-shot-baseline, --scores NPY")
+    if args.precision not in ("auto", "fp32", "bf16", "fp16"):
+        return _fail(f"--precision must be one of auto, fp32, bf16, fp16, got {args.precision!r}")
+    if args.no_amp and args.precision not in ("auto", "fp32"):
+        return _fail(f"--no-amp contradicts --precision {args.precision}")
     from adds.evaluate import EvalConfig, format_table, write_json
     from adds.features import FeatureCacheError, one_line
+    from adds.tagger.precision import PrecisionError
 
     try:
         config = EvalConfig(protocol=args.protocol, threshold=args.threshold, topk=_int_list(args.topk, "--topk"),
                             ties=args.ties, skip_labels_without_positives=args.skip_labels_without_positives,
                             overlap_target=args.overlap_target, overlap_train=args.overlap_train,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, precision=_precision(args))
         result = _scores_path(args, config) if args.scores else _model_path(args, config)
+    except PrecisionError as error:  # bf16 on a CPU without it, fp16 on a CPU
+        return _fail(str(error))
     except FeatureCacheError as error:  # the user's cache: truncated, corrupt, or for other towers
         logger.debug("evaluation failed", exc_info=True)
         return _fail(one_line(error))
@@ -132,6 +143,20 @@ def run_eval(args: argparse.Namespace) -> int:
         path = write_json(result, args.json)
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _precision(args: argparse.Namespace) -> str:
+    """``--precision`` resolved: ``auto`` is bf16 (fp16 without bfloat16) on a GPU, fp32 on a CPU or with --no-amp."""
+    if args.precision != "auto":
+        return args.precision
+    if args.no_amp or args.scores:
+        return "fp32"
+    import torch
+
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    if not use_cuda:
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _scores_path(args: argparse.Namespace, config):
@@ -191,6 +216,9 @@ def _model_path(args: argparse.Namespace, config):
         raise ValueError("--data-kind and --data-root are needed to evaluate a model")
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda" if use_cuda else "cpu")
+    from adds.tagger.precision import resolve_precision
+
+    resolve_precision(config.precision, device)  # refuse before loading the model (PrecisionError)
     score_fn = None
     if args.checkpoint:
         model = ADDS.from_pretrained(args.checkpoint, tower_weights=args.tower_weights, map_location=device)
@@ -246,13 +274,10 @@ def _model_path(args: argparse.Namespace, config):
         failed = len(store.failed)
     else:
         data = dataset
-    amp = None
-    if device.type == "cuda" and not args.no_amp:
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     name += f" {input_size}x{input_size}"
     if dataset_config.require_positive:
         name += " (filtered: images with >= 1 positive)"
     return evaluate_model(model, data, dataset.vocabulary, config, dataset_kind=args.data_kind,
                           dataset_name=dataset.name, model_name=name, score_fn=score_fn, device=device,
-                          autocast_dtype=amp, num_workers=args.workers, progress=not args.no_progress,
+                          num_workers=args.workers, progress=not args.no_progress,
                           failed_images=failed)

@@ -8,7 +8,7 @@ import socket
 import sys
 import textwrap
 
-from adds.commands.tag import UsageError, add_model_arguments, build_tagger
+from adds.commands.tag import UsageError, add_model_arguments, build_tagger, precision_name_problem
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--input-size must be >= 1, got {args.input_size}")
     if args.max_cached_labels is not None and args.max_cached_labels < 1:
         return fail(f"--max-cached-labels must be >= 1, got {args.max_cached_labels}")
+    if precision_name_problem(args.precision) is not None:
+        return fail(precision_name_problem(args.precision))
     try:  # after the argument checks: torch comes with the web app, and argument errors should answer at once
         import uvicorn
 

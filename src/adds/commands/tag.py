@@ -26,6 +26,8 @@ DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "openai"
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+#: ``--precision`` values (:data:`adds.tagger.precision.PRECISIONS`, repeated here so argument errors need no torch).
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class UsageError(Exception):
@@ -62,6 +64,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu; "
                        "under torchrun: cuda:LOCAL_RANK)")
+    group.add_argument(
+        "--precision", default="fp32", metavar="P",
+        help="precision of the image path (vision tower and head): fp32 (default), bf16 or fp16. On a CPU, bf16 "
+        "needs native bfloat16 (AVX512-BF16/AMX) and fp16 is refused; on a GPU both run under autocast. Label "
+        "embeddings and scores stay float32 (see docs/tagging.md)",
+    )
     group.add_argument("--no-label-cache", action="store_true",
                        help="do not keep label embeddings on disk (default: kept in $ADDS_CACHE_DIR, else "
                        "~/.cache/adds, keyed by the towers and templates, so the next start skips the text tower; "
@@ -99,6 +107,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); 'auto' = the head's "
         "(default)",
     )
+
+
+def precision_name_problem(value: str) -> str | None:
+    """Why ``--precision value`` is not a precision name (one line), or ``None``; needs no torch import."""
+    if value in PRECISIONS:
+        return None
+    return f"--precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
+
+
+def check_precision(value: str, device: str | None) -> str | None:
+    """Why ``--precision value`` cannot run on ``device`` (``None`` = the default device), or ``None``."""
+    problem = precision_name_problem(value)
+    if problem is not None or value == "fp32":
+        return problem
+    import torch
+
+    from adds.tagger.precision import PrecisionError, resolve_precision
+
+    target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_precision(value, target)
+    except PrecisionError as error:
+        return str(error)
+    return None
 
 
 def parse_labels(values: Sequence[str] | None) -> list[str] | None:
@@ -140,6 +172,9 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             raise UsageError(f"--device: {error}") from error
         if resolved.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    problem = check_precision(getattr(args, "precision", "fp32"), device)
+    if problem is not None:
+        raise UsageError(problem)
     try:
         labels = parse_labels(args.labels)
         config = TaggerConfig(
@@ -150,6 +185,7 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             input_size=args.input_size,
             label_cache=not getattr(args, "no_label_cache", False),
             max_cached_labels=getattr(args, "max_cached_labels", None),
+            precision=getattr(args, "precision", "fp32"),
         )
         thresholds = None
         if args.threshold_file is not None:
@@ -287,6 +323,8 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--threshold must be in [0, 1], got {args.threshold}"
     if args.input_size is not None and args.input_size < 1:
         return f"--input-size must be >= 1, got {args.input_size}"
+    if precision_name_problem(args.precision) is not None:
+        return precision_name_problem(args.precision)
     if not args.paths and args.from_file is None:
         return "give image files, folders or globs, or --from-file F"
     if args.resume and args.output is None:

@@ -81,7 +81,8 @@ class CLIPBaseline(nn.Module):
         """Images ``(B, 3, H, W)`` in [0, 1] -> normalised pooled embeddings ``(B, D)`` of the level-0 view."""
         device = next(self.towers.parameters()).device
         crops, _ = self.pyramid.crops(as_image_batch(images).to(device))  # (B, 3, S, S)
-        return F.normalize(self.towers.encode_image_tokens(crops)[:, 0], dim=-1)  # (B, D)
+        pooled = self.towers.encode_image_tokens(crops)[:, 0].float()  # (B, D), float32 with a bf16 tower too
+        return F.normalize(pooled, dim=-1)  # (B, D)
 
     def forward_head(self, features: Tensor, label_embeddings: Tensor) -> Tensor:
         """Pooled embeddings ``(B, D)`` and label embeddings ``(k, D)`` -> logits ``(B, k)``."""

@@ -29,6 +29,7 @@ from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
 from adds.tagger.plan import InputPlan, input_plan, trained_input_size
+from adds.tagger.precision import PRECISIONS, resolve_precision
 from adds.tagger.thresholds import (
     ThresholdSet,
     ThresholdSpec,
@@ -72,6 +73,10 @@ class TaggerConfig:
             training vocabulary mix the head with the training-free CLIP prior, training labels keep the head's
             score. ``None`` = on when the checkpoint has an ``open_vocab.json``; ``True`` = required (an error
             without the file); ``False`` = the plain head (the paper's model).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the precision of the image path (vision tower
+            and head), see :mod:`adds.tagger.precision`. On a CPU, bf16 casts the model's image path in place
+            (needs native bfloat16; fp16 is refused); on a GPU, bf16/fp16 run under ``torch.autocast``. Label
+            embeddings are computed in float32 and scores are float32 whatever the precision.
     """
 
     threshold: float | None = 0.5
@@ -82,8 +87,11 @@ class TaggerConfig:
     label_cache: bool = True
     max_cached_labels: int | None = None
     open_vocabulary: bool | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threshold is not None:
             check_threshold(self.threshold, "(TaggerConfig.threshold)")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
@@ -171,6 +179,8 @@ class Tagger:
         self.model = model.eval()
         self.towers: Towers = model.towers
         self.device = next(self.towers.parameters()).device
+        self.precision = resolve_precision(self.config.precision, self.device)  # PrecisionError: one line
+        self.precision.prepare(self.model)  # CPU bf16: the image path cast in place (adds.tagger.precision)
         self.plan = self._input_plan(trained_input_size)
         if open_vocabulary is not None and not isinstance(model, ADDS):
             raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
@@ -227,6 +237,7 @@ class Tagger:
         """
         directory = Path(path)
         target = _resolve_device(device)
+        resolve_precision((config or TaggerConfig()).precision, target)  # refuse before loading anything
         model = ADDS.from_pretrained(directory, tower_weights=tower_weights, map_location=target)
         vocabulary = None
         vocab_thresholds = None
@@ -265,6 +276,7 @@ class Tagger:
                 or ``None`` for random weights (tests and debugging only; ``seed`` makes them reproducible).
             cache_dir: where open_clip looks for / stores downloaded weights.
         """
+        resolve_precision((config or TaggerConfig()).precision, _resolve_device(device))  # before loading
         towers = load_towers(TowerConfig(model=model, pretrained=pretrained, cache_dir=cache_dir, seed=seed),
                              device=_resolve_device(device))
         tagger = cls(CLIPBaseline(towers, baseline), config, labels, thresholds)
@@ -344,10 +356,11 @@ class Tagger:
     def _logits(self, pixels: Tensor, label_embeddings: Tensor, labels: Sequence[str] | None = None) -> Tensor:
         """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)`` (``labels``: for the open-vocabulary mode)."""
         pixels = pixels.to(self.device)
-        if isinstance(self.model, CLIPBaseline):
-            return self.model(pixels, label_embeddings)
-        tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
-        logits = self.model.forward_head(tokens, label_embeddings)  # (b, k)
+        with self.precision.autocast():  # CUDA bf16/fp16; a CPU bf16 image path is cast already
+            if isinstance(self.model, CLIPBaseline):
+                return self.model(pixels, label_embeddings).float()
+            tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
+            logits = self.model.forward_head(tokens, label_embeddings).float()  # (b, k)
         if self.open_vocabulary is not None and labels is not None:
             logits = tagger_logits(self.open_vocabulary, tokens, logits, label_embeddings, labels,
                                    self.towers.tokens_per_image)
@@ -494,6 +507,7 @@ class Tagger:
             "per_label_thresholds": len(self.thresholds.per_label),
             "top_k": self.config.top_k,
             "open_vocabulary": self.open_vocabulary is not None,
+            "precision": self.precision.name,
         }
 
 

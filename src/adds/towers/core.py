@@ -111,6 +111,7 @@ class Towers(nn.Module):
         multiplied by the visual projection, so token 0 equals ``clip.encode_image(pixels)`` (before normalisation).
         """
         visual = self.clip.visual
+        pixels = pixels.to(next(visual.parameters()).dtype)  # a reduced-precision image path (adds.tagger.precision)
         out = visual.forward_intermediates(
             pixels, indices=1, normalize_intermediates=False, intermediates_only=True,
             output_fmt="NLC", output_extra_tokens=True,
