@@ -15,6 +15,7 @@ place of the aligned toy CLIP's (the head's shared classifier needs the joint di
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -33,8 +34,9 @@ ENCODERS: tuple[str, ...] = ("aligned", "linear_map", "caption_lm", "word_vector
 _DIM = 64
 
 
-def caption_corpus(count: int = 20000, seed: int = 0) -> list[list[str]]:
-    """``count`` toy-web captions (the toy CLIP's caption distribution) as word lists."""
+@functools.lru_cache(maxsize=2)
+def caption_corpus(count: int = 6000, seed: int = 0) -> list[list[str]]:
+    """``count`` toy-web captions (the toy CLIP's caption distribution) as word lists (cached; do not mutate)."""
     generator = torch.Generator().manual_seed(seed)
     texts = captions(sample_objects(count, generator), generator)
     return [text.lower().replace(".", "").split() for text in texts]
