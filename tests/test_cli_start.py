@@ -105,14 +105,24 @@ def test_ctrl_c_during_heavy_import_exits_130_without_traceback():
     assert "adds demo: interrupted" in err
 
 
-def test_real_sigint_while_starting_exits_130_quietly():
-    """A real SIGINT some time into ``adds demo`` (importing torch or already running): 130, no traceback."""
-    process = subprocess.Popen([sys.executable, "-m", "adds", "demo", "--steps", "1000"], env=_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def test_real_sigint_while_training_exits_130_quietly():
+    """A real SIGINT once ``adds demo`` is training (the import-time Ctrl+C is the test above): 130, no traceback.
+
+    The signal is sent after the first step line, not after a fixed delay: on a loaded machine a fixed delay lands
+    inside third-party imports, whose own exception handling is not ours to test.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "adds", "demo", "--steps", "100000"],
+                               env={**_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        for line in process.stdout:
+            if "step" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err and "interrupted" in err
 
