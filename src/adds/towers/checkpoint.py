@@ -85,8 +85,8 @@ def resolve_weights_file(recorded: dict, recorded_pretrained: str | None, direct
     short = f"{sha[:12]}..." if isinstance(sha, str) else "unknown"
     raise FileNotFoundError(
         f"the checkpoint in {directory} was trained on tower weights {name} (sha256 {short}), not found as "
-        f"{', '.join(seen)}: pass its path with --tower-weights, or put it next to the checkpoint or in a folder "
-        f"of $ADDS_WEIGHTS_PATH"
+        f"{', '.join(seen)}: pass its path (--tower-weights; --pretrained for adds tag), or put it next to the "
+        f"checkpoint or in a folder of $ADDS_WEIGHTS_PATH"
     )
 
 
