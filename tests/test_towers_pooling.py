@@ -191,3 +191,10 @@ def test_text_pool_none_is_refused(tmp_path):
     with pytest.raises(ValueError, match="text pool_type 'none'") as info:
         load_towers(TowerConfig(model=name, pretrained=None))
     assert name in str(info.value)
+
+
+def test_meta_towers_apply_the_same_rules_without_weights():
+    """Benchmarks build real-size towers on the meta device: CLIPA is avg-pooled there too, ResNets are refused."""
+    assert core.meta_towers("ViT-L-14-CLIPA").pool == "avg"
+    with pytest.raises(ValueError, match="'RN50' has a ResNet image tower"):
+        core.meta_towers("RN50")
