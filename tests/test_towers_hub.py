@@ -121,3 +121,29 @@ def test_adds_tag_offline_exits_2_with_the_placement_message(no_network, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "HF_HUB_OFFLINE is set" in err and str(no_network / "cache") in err
+
+
+def _fake_hub_file(cache, repo_id: str, filename: str) -> None:
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("rev1")
+    (repo / "snapshots" / "rev1").mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / "rev1" / filename).write_text("{}")
+
+
+def test_cached_hf_text_tower_is_built_with_the_hub_offline(no_network, monkeypatch):
+    """xlm-roberta's config and tokenizer in the cache: built without a request; the tokenizer missing: at once."""
+    from huggingface_hub import constants
+
+    cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    cache = no_network / "hf-cache"
+    _fake_hub_file(cache, "xlm-roberta-base", "config.json")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="xlm-roberta-base"):
+        hub.hf_text_context(cfg, "xlm-roberta-base-ViT-B-32")  # its tokenizer is not cached
+    _fake_hub_file(cache, "xlm-roberta-base", "tokenizer_config.json")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    before = constants.HF_HUB_OFFLINE
+    with hub.hf_text_context(cfg, "xlm-roberta-base-ViT-B-32"):
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE == before
