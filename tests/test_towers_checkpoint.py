@@ -113,3 +113,12 @@ def test_legacy_checkpoint_with_an_absolute_path_still_loads(trained):
     meta["config"]["towers"]["pretrained"] = str(project / "weights" / "tiny-vit.safetensors")
     path.write_text(json.dumps(meta))
     torch.testing.assert_close(_scores(project / "runs" / "head"), scores)
+
+
+def test_recorded_cache_dir_of_another_machine_falls_back_to_the_default_cache(tmp_path):
+    towers = load_towers(TowerConfig(model=TINY_MODEL, pretrained=None, cache_dir=str(tmp_path / "alice-cache")))
+    ADDS(ADDSConfig(towers=towers.config), towers=towers).save_pretrained(tmp_path / "head")
+    (tmp_path / "alice-cache").mkdir()
+    assert ADDS.from_pretrained(tmp_path / "head").towers.config.cache_dir == str(tmp_path / "alice-cache")
+    (tmp_path / "alice-cache").rmdir()  # this machine has no such folder: the default cache, not a mkdir there
+    assert ADDS.from_pretrained(tmp_path / "head").towers.config.cache_dir is None

@@ -157,3 +157,12 @@ def test_hf_text_tower_without_transformers_is_refused_with_the_install_hint(mon
     with pytest.raises(ValueError, match="pip install transformers") as info:
         load_towers(TowerConfig(model="xlm-roberta-base-ViT-B-32", pretrained=None))
     assert "xlm-roberta-base-ViT-B-32" in str(info.value)
+
+
+def test_tagger_tags_with_multilingual_labels(hf_model):
+    from adds.tagger import Tagger
+
+    name, _ = hf_model
+    tagger = Tagger.clip_baseline(name, None, device="cpu", labels=["chien", "Hund", "dog", "chat"], seed=2)
+    (tags,) = tagger([torch.rand(3, 48, 40)], threshold=0.0)
+    assert sorted(tag["label"] for tag in tags) == ["Hund", "chat", "chien", "dog"]

@@ -146,3 +146,15 @@ def test_missing_weights_file_and_folder_are_named(tmp_path, capsys):
         load_towers(TowerConfig(model=TINY_MODEL, pretrained=str(tmp_path)))
     code, err = _tag(capsys, tmp_path, str(tmp_path / "nope.safetensors"))
     assert code == 2 and "nope.safetensors" in err
+
+
+def test_no_head_can_be_built_or_saved_on_weights_of_another_architecture(tmp_path):
+    """Issue 11.2: the refusal comes before an ADDS model exists, so no checkpoint can record the wrong towers."""
+    from adds.model import ADDS, ADDSConfig
+
+    name = _other_arch(tmp_path, "adds-test-other-b16", patch_size=16)
+    path = tmp_path / "b16.pt"
+    _torchscript(load_towers(TowerConfig(model=name, pretrained=None)), path)
+    with pytest.raises(WeightsFileError, match="does not fit"):
+        ADDS(ADDSConfig(towers=TowerConfig(model=TINY_MODEL, pretrained=str(path))))
+    assert not list(tmp_path.glob("**/config.json"))

@@ -33,7 +33,13 @@ from adds.decoder import Decoder, DecoderConfig, SharedClassifier
 from adds.prompts import PAPER_TEMPLATES, LabelEmbedder, resolve_templates
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.towers import TowerConfig, Towers, load_towers
-from adds.towers.checkpoint import IDENTITY_KEYS, resolve_weights_file, tower_differences, tower_record
+from adds.towers.checkpoint import (
+    IDENTITY_KEYS,
+    local_tower_config,
+    resolve_weights_file,
+    tower_differences,
+    tower_record,
+)
 
 __all__ = ["ADDSConfig", "ADDS", "CheckpointError"]
 
@@ -191,7 +197,7 @@ class ADDS(nn.Module):
                     tower_weights = resolve_weights_file(meta["towers"], config.towers.pretrained, directory)
                 except FileNotFoundError as error:
                     raise CheckpointError(str(error)) from error
-            towers = load_towers(replace(config.towers, pretrained=tower_weights))
+            towers = load_towers(local_tower_config(config.towers, tower_weights))
         _check_towers(meta["towers"], towers, directory)
         model = cls(config, towers=towers)
         weights_path = directory / WEIGHTS_NAME

@@ -1,8 +1,9 @@
 """Frozen CLIP image and text towers (paper: "Visual-Textual Embedding Alignment").
 
 ADDS keeps both CLIP towers frozen "to maintain the alignment" between visual and textual embeddings (Eq. 3).
-This package loads any `open_clip <https://github.com/mlfoundations/open_clip>`_ ViT model and exposes the two
-things the rest of the library needs:
+This package loads any `open_clip <https://github.com/mlfoundations/open_clip>`_ ViT model -- class-token or
+average-pooled image towers, with the built-in text tower or a Hugging Face one (``CustomTextCLIP``: xlm-roberta,
+mt5, nllb, roberta, i.e. multilingual labels) -- and exposes the two things the rest of the library needs:
 
 * :meth:`Towers.encode_image_tokens` -- per-token visual embeddings **in the joint image-text space**,
   ``(N, T, D)``: the global image embedding (token 0, exactly open_clip's ``encode_image``) and every patch token
@@ -17,7 +18,9 @@ switch them back, and every forward runs under ``torch.no_grad()``.
 Modules: :mod:`~adds.towers.config` (what to load, errors), :mod:`~adds.towers.weights` (tags, files, QuickGELU),
 :mod:`~adds.towers.files` (reading and checking weights files), :mod:`~adds.towers.hub` (offline in seconds),
 :mod:`~adds.towers.preprocess` (the normalisation that belongs to the weights), :mod:`~adds.towers.identity`
-(fingerprints over all weights), :mod:`~adds.towers.core` (the :class:`Towers` module, supported poolings).
+(fingerprints over all weights), :mod:`~adds.towers.support` (which towers are supported, refused and why,
+decided before any download), :mod:`~adds.towers.core` (the :class:`Towers` module),
+:mod:`~adds.towers.checkpoint` (portable references to weights files in checkpoints).
 
 ``TowerConfig.pretrained`` is an open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``, ...), a local file
 (state dict ``.pt``/``.bin``, ``.safetensors``, or an original OpenAI TorchScript ``.pt``), or ``None`` for random

@@ -13,19 +13,23 @@ name, SHA-256 and the path relative to the checkpoint directory. On load
 4. the file name in each folder of ``$ADDS_WEIGHTS_PATH`` (``os.pathsep``-separated);
 5. the recorded ``pretrained`` itself (checkpoints written before this scheme recorded an absolute path),
 
-and a candidate is taken only if its SHA-256 matches. The towers' fingerprint must then match as well.
+and a candidate is taken only if its SHA-256 matches. The towers' fingerprint must then match as well. A recorded
+``cache_dir`` (where a tag's download was cached on the training machine) is used only if it exists on this one;
+otherwise the default cache (``HF_HOME``...) is (:func:`local_tower_config`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
+from adds.towers.config import TowerConfig
 from adds.towers.core import Towers
 from adds.towers.identity import file_sha256
 
-__all__ = ["IDENTITY_KEYS", "tower_record", "resolve_weights_file", "tower_differences"]
+__all__ = ["IDENTITY_KEYS", "local_tower_config", "tower_record", "resolve_weights_file", "tower_differences"]
 
 #: Tower properties that must agree between a checkpoint and the towers it is loaded onto.
 IDENTITY_KEYS = ("model", "aligned", "embed_dim", "token_dim", "image_size", "quick_gelu", "pool", "preprocess",
@@ -81,9 +85,16 @@ def resolve_weights_file(recorded: dict, recorded_pretrained: str | None, direct
     short = f"{sha[:12]}..." if isinstance(sha, str) else "unknown"
     raise FileNotFoundError(
         f"the checkpoint in {directory} was trained on tower weights {name} (sha256 {short}), not found as "
-        f"{', '.join(seen)}: pass its path with --tower-weights, or put it next to the checkpoint or in a folder "
-        f"of $ADDS_WEIGHTS_PATH"
+        f"{', '.join(seen)}: pass its path (--tower-weights; --pretrained for adds tag), or put it next to the "
+        f"checkpoint or in a folder of $ADDS_WEIGHTS_PATH"
     )
+
+
+def local_tower_config(recorded: TowerConfig, pretrained: str | None) -> TowerConfig:
+    """A checkpoint's recorded tower config for this machine: the resolved weights (``pretrained``, see
+    :func:`resolve_weights_file`), and the recorded ``cache_dir`` only if that folder exists here."""
+    cache_dir = recorded.cache_dir if recorded.cache_dir and os.path.isdir(recorded.cache_dir) else None
+    return replace(recorded, pretrained=pretrained, cache_dir=cache_dir)
 
 
 def tower_differences(recorded: dict, towers: Towers) -> list[str]:

@@ -213,6 +213,7 @@ def meta_towers(model: str, image_size: int | None = None) -> Towers:
     register_model_configs()
     kwargs = {} if image_size is None else {"force_image_size": image_size}
     with torch.device("meta"), quiet_random_init():
-        clip = open_clip.create_model(model, pretrained=None, device="meta", **kwargs)
+        clip = open_clip.create_model(model, pretrained=None, device="meta", pretrained_text=False,
+                                      pretrained_image=False, **kwargs)
     config = TowerConfig(model=model, pretrained=None, image_size=image_size)
     return Towers(clip, config, {"model": model, "pretrained": None}, tokenizer=None)

@@ -162,8 +162,10 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
     from open_clip.model import resize_pos_embed, resize_text_pos_embed
 
     described = describe_state(state)
-    state = _open_clip_conversions(model, dict(state))
     expected = model.state_dict()
+    # OpenAI's non-weight entries (a state dict saved from their model or TorchScript file), as open_clip drops them
+    state = {k: v for k, v in state.items() if k not in (*OPENAI_EXTRA_KEYS, "attn_mask") or k in expected}
+    state = _open_clip_conversions(model, state)
     if resize_positions:
         resize_pos_embed(state, model)
         resize_text_pos_embed(state, model)

@@ -156,10 +156,12 @@ def hf_text_context(model_cfg: dict, model: str) -> contextlib.AbstractContextMa
     text model is not local and the hub is offline or unreachable.
     """
     text = model_cfg.get("text_cfg", {}) or {}
-    repos = [name for name in (text.get("hf_model_name"), text.get("hf_tokenizer_name")) if name]
-    if not repos:
+    needed = [(text.get("hf_model_name"), "config.json"), (text.get("hf_tokenizer_name"), "tokenizer_config.json")]
+    needed = [(repo, filename) for repo, filename in needed if repo]
+    if not needed:
         return contextlib.nullcontext()
-    remote = [name for name in dict.fromkeys(repos) if not os.path.isdir(name) and not _hf_repo_cached(name)]
+    remote = list(dict.fromkeys(repo for repo, filename in needed
+                                if not os.path.isdir(repo) and not _hf_file_cached(repo, filename)))
     if not remote:
         return hub_offline()
     from adds.towers.config import WeightsUnavailableError
@@ -178,11 +180,11 @@ def hf_text_context(model_cfg: dict, model: str) -> contextlib.AbstractContextMa
     )
 
 
-def _hf_repo_cached(repo_id: str) -> bool:
-    """Whether a hub repository's ``config.json`` is in the local Hugging Face cache."""
+def _hf_file_cached(repo_id: str, filename: str) -> bool:
+    """Whether a hub repository's ``filename`` is in the local Hugging Face cache."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return False
-    found = try_to_load_from_cache(repo_id, "config.json")
+    found = try_to_load_from_cache(repo_id, filename)
     return isinstance(found, str) and os.path.isfile(found)

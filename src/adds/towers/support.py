@@ -19,8 +19,9 @@ CoCa (``multimodal_cfg``)                          refused     the contrastive e
                                                                model's pooler, not from a CLIP image tower
 ResNet (``layers`` is a list: RN50...)             refused     attention-pooled CNN: no class token, and its
                                                                feature map is not in the joint space
-timm (``timm_model_name``: SigLIP, EVA,            refused     timm trunks pool (MAP heads, ...) and project outside
-ConvNeXt, MobileCLIP, ViTamin...)                              open_clip's ViT; their tokens are not aligned
+timm (``timm_model_name``: SigLIP, EVA,            refused     timm trunks pool with their own heads and open_clip
+ConvNeXt, MobileCLIP, ViTamin...)                              projects only the pooled vector; aligning patch
+                                                               tokens would need per-trunk work (not done)
 =================================================  ==========  ====================================================
 
 Text towers: the built-in text transformer (``CLIP``, any ``pool_type`` but ``"none"``) and ``CustomTextCLIP`` with
@@ -54,7 +55,7 @@ _REASONS = {
     "coca": "is a CoCa model: its image embedding comes from the captioning model's attentional pooler, not from "
             "patch tokens in the joint space, so ADDS cannot use it",
     "timm": "has a timm image tower ({timm}); ADDS needs open_clip's VisionTransformer, whose class and patch "
-            "tokens share the joint space after its projection",
+            "tokens share the joint space after its projection (timm trunks project only their pooled vector)",
     "resnet": "has a ResNet image tower; ADDS needs open_clip's VisionTransformer (class and patch tokens in the "
               "joint space), a ResNet's feature map is not",
     "vit-attn": "has an attention-pooled image tower (CoCa-style): its output tokens are pooler queries, not image "
