@@ -16,7 +16,7 @@ in the training-free prior where it is not:
 
 The fitted parameters and the training vocabulary live in ``open_vocab.json`` next to the checkpoint's
 ``config.json`` (plain JSON, never pickle): :meth:`OpenVocabulary.save` / :meth:`OpenVocabulary.load`,
-:func:`fit_and_save` for ``adds train``.
+:func:`fit_and_save` (fitted from a fold head trained without some training labels; the toy world does it).
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ class OpenVocabulary:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"{path} not found (the head has no open-vocabulary record; `adds train` writes it)") \
-                from None
+            raise ValueError(f"{path} not found (the head has no open-vocabulary record; "
+                             "adds.openvocab.fit_and_save writes it)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read {path}: {error}") from error
         if not isinstance(record, dict) or record.get("format") != _FORMAT:

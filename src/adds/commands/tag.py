@@ -95,6 +95,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "object {label: threshold}; naming a label that is not being tagged is an error (a typo)",
     )
     labels.add_argument("--top-k", type=int, metavar="K", help="keep at most K tags per image (after thresholds)")
+    labels.add_argument(
+        "--open-vocabulary", choices=("auto", "on", "off"), default="auto",
+        help="a checkpoint's open-vocabulary mode for words outside its training labels (head mixed with the "
+        "CLIP prior, fitted on held-out training labels; the training labels keep the head's score): 'auto' uses "
+        "it when the checkpoint has an open_vocab.json, 'on' requires it, 'off' is the plain head (default: auto)",
+    )
 
     plan = parser.add_argument_group("input plan (ADDS checkpoints; the CLIP baseline uses one view)")
     plan.add_argument(
@@ -107,6 +113,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); 'auto' = the head's "
         "(default)",
     )
+
+
+#: ``--open-vocabulary`` -> ``TaggerConfig.open_vocabulary``.
+OPEN_VOCABULARY_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def precision_name_problem(value: str) -> str | None:
@@ -186,6 +196,7 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             label_cache=not getattr(args, "no_label_cache", False),
             max_cached_labels=getattr(args, "max_cached_labels", None),
             precision=getattr(args, "precision", "fp32"),
+            open_vocabulary=OPEN_VOCABULARY_CHOICES[getattr(args, "open_vocabulary", "auto")],
         )
         thresholds = None
         if args.threshold_file is not None:
