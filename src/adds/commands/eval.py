@@ -52,6 +52,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="with --checkpoint: where the recorded tower weights are on this machine")
     towers.add_argument("--templates", default="paper",
                         help="prompt templates of the baseline: paper | clip80 (default: %(default)s)")
+    towers.add_argument("--open-vocabulary", choices=("auto", "on", "off"), default="auto",
+                        help="a checkpoint's open-vocabulary mode (adds.openvocab) for labels outside its training "
+                        "vocabulary: 'auto' uses its open_vocab.json when present, 'on' requires it, 'off' is the "
+                        "plain head (default: %(default)s)")
     data = parser.add_argument_group("data")
     data.add_argument("--data-kind", choices=("coco", "nuswide", "imagenet", "manifest"), help="dataset reader")
     data.add_argument("--data-root", help="dataset root (for manifest: the .csv/.jsonl file)")
@@ -274,6 +278,15 @@ def _model_path(args: argparse.Namespace, config):
         failed = len(store.failed)
     else:
         data = dataset
+    if args.checkpoint:
+        from adds.openvocab import checkpoint_open_vocabulary, eval_score_fn
+
+        wanted = {"auto": None, "on": True, "off": False}[getattr(args, "open_vocabulary", "auto")]
+        record = checkpoint_open_vocabulary(args.checkpoint, wanted)
+        if record is not None:
+            unseen = sum(label not in set(record.vocabulary) for label in dataset.vocabulary)
+            score_fn = eval_score_fn(record, model, dataset.vocabulary)
+            name += f" + open vocabulary ({unseen} of {len(dataset.vocabulary)} labels outside its training labels)"
     name += f" {input_size}x{input_size}"
     if dataset_config.require_positive:
         name += " (filtered: images with >= 1 positive)"
