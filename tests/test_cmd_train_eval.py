@@ -287,3 +287,51 @@ def test_nan_bytes_in_a_cache_point_to_the_shard(data, tmp_path, train_cache, ca
                  str(train_cache), "--verify-data", "--workers", "0", "--no-progress", "--device", "cpu"]) == 2
     line = _one_line_error(capsys.readouterr().err, "eval")
     assert str(shard) in line and "SHA-256" in line
+
+
+def _weights(run: Path, sub: str = "last") -> bytes:
+    return (run / sub / "model.safetensors").read_bytes()
+
+
+def test_augmented_views_train_per_epoch_and_resume_mid_epoch_exactly(data, tmp_path):
+    """Issue 10.8: a 3-view cache (plain + 2 augmented views) is extracted once; training draws a view per image per
+    epoch (so it differs from one-view training), and a run stopped mid-epoch resumes to identical weights."""
+    config = _config(data, tmp_path, epochs=3)
+    sets = ["--set", "data.test=null", "--set", "data.views=3"]
+    full, cut, plain = tmp_path / "full", tmp_path / "cut", tmp_path / "plain"
+    assert main(["train", "--config", str(config), "--run-dir", str(full), *sets]) == 0
+    assert main(["train", "--config", str(config), "--run-dir", str(cut), *sets, "--stop-after-steps", "4"]) == 0
+    meta = json.loads((cut / "checkpoint" / "state.json").read_text())
+    assert meta["epoch"] == 1 and not (cut / "last").exists()  # stopped inside the second epoch
+    assert main(["train", "--resume", "--run-dir", str(cut)]) == 0
+    for sub in ("last", "last-ema", "best"):
+        assert _weights(full, sub) == _weights(cut, sub)
+    caches = sorted(path.name for path in (tmp_path / "cache").iterdir() if path.name != "labels")
+    assert len(caches) == 1 and caches[0].endswith("_v3s0")  # train and held-out split share the 3-view cache
+    manifest = json.loads((tmp_path / "cache" / caches[0] / "manifest.json").read_text())
+    assert manifest["views"] == 3 and manifest["augment"]["randaugment"] is True
+    assert main(["train", "--config", str(config), "--run-dir", str(plain), "--set", "data.test=null"]) == 0
+    assert _weights(plain) != _weights(full)  # the augmented views are trained on
+
+
+def test_online_augmentation_without_a_cache_resumes_exactly(data, tmp_path):
+    config = _config(data, tmp_path, epochs=2)
+    sets = ["--set", "data.test=null", "--set", "data.cache=null", "--set", "data.augment_online=true"]
+    full, cut, plain = tmp_path / "full", tmp_path / "cut", tmp_path / "plain"
+    assert main(["train", "--config", str(config), "--run-dir", str(full), *sets]) == 0
+    assert main(["train", "--config", str(config), "--run-dir", str(cut), *sets, "--stop-after-steps", "2"]) == 0
+    assert json.loads((cut / "checkpoint" / "state.json").read_text())["epoch"] == 0
+    assert main(["train", "--resume", "--run-dir", str(cut)]) == 0
+    assert _weights(full) == _weights(cut) and _weights(full, "best") == _weights(cut, "best")
+    assert main(["train", "--config", str(config), "--run-dir", str(plain), "--set", "data.test=null",
+                 "--set", "data.cache=null"]) == 0
+    assert _weights(plain) != _weights(full)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_views_and_online_augmentation_config_errors(data, tmp_path, capsys):
+    config = _config(data, tmp_path)
+    assert main(["train", "--config", str(config), "--set", "data.augment_online=true"]) == 2
+    assert "data.augment_online needs data.cache: null" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--set", "data.views=0"]) == 2
+    assert "data.views must be a positive integer" in capsys.readouterr().err
