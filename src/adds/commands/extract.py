@@ -78,7 +78,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     views = parser.add_argument_group("augmented views (docs/feature-cache.md)")
     views.add_argument("--views", type=int, default=1, metavar="K",
                        help="store K views per image: view 0 the plain image, views 1..K-1 augmented with "
-                       "horizontal flip, RandAugment (2 ops, magnitude 9) and Cutout (RandomErasing, p 0.5); training "
+                       "horizontal flip, RandAugment (2 ops, magnitude 9) and Cutout (RandomErasing); training "
                        "with data.views: K draws one view per image per epoch. The towers run K times per image and "
                        "the cache is K times larger (default: %(default)s, no augmentation)")
     views.add_argument("--augment-seed", type=int, default=0, metavar="S",

@@ -13,10 +13,10 @@ Both draw every random number of an augmentation from a generator seeded by ``(s
 or ``(seed, epoch, index)`` (on-line) through :func:`augmentation_seed`, so the result depends neither on worker
 processes nor on batching, and a resumed run sees the same images.
 
-The transforms are torchvision's ``transforms.v2`` (applied to the ``(3, S, S)`` float image after
-:class:`~adds.data.base.SquashResize`, in ML-Decoder's order: ``Cutout -> RandAugment`` there; flip is added, as in
-ASL's and most multi-label recipes): ``RandomHorizontalFlip``, ``RandAugment`` (on uint8, as torchvision's
-posterize / equalize require) and ``RandomErasing`` with a constant fill as Cutout.
+The transforms are torchvision's ``transforms.v2``, applied to the ``(3, S, S)`` float image after
+:class:`~adds.data.base.SquashResize`: ``RandomHorizontalFlip``, ``RandAugment`` (on uint8, as torchvision's
+posterize / equalize require) and ``RandomErasing`` with a constant fill as Cutout. ML-Decoder applies Cutout
+before RandAugment; here it comes last, so that RandAugment's colour operations never recolour the erased box.
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ class AugmentConfig:
         flip: ``RandomHorizontalFlip(p=0.5)``.
         randaugment: ``RandAugment(num_ops, magnitude)`` (ML-Decoder: torchvision's defaults, 2 ops at magnitude 9).
         randaugment_ops, randaugment_magnitude: RandAugment's ``num_ops`` and ``magnitude`` (0-30).
-        cutout: ``RandomErasing`` as Cutout (ML-Decoder's ``CutoutPIL``: probability 0.5, a box up to half the side).
-        cutout_p: probability of erasing a box.
-        cutout_scale: range of the box's area as a fraction of the image (up to 0.25 = a half-side square).
+        cutout: ``RandomErasing`` as Cutout. ML-Decoder's ``CutoutPIL(cutout_factor=0.5)`` fills, on every image, a
+            half-side box centred anywhere (so clipped at the border: 19 % of the area on average) with a random
+            colour; ``RandomErasing`` keeps its box inside the image, so the area is drawn from ``cutout_scale``
+            instead, and fills a constant.
+        cutout_p: probability of erasing a box (ML-Decoder: 1, every image).
+        cutout_scale: range of the box's area as a fraction of the image (default 1/16 to 1/4: a quarter-side to a
+            half-side square, mean 16 %).
         cutout_value: the constant fill, in [0, 1] image units (0.5: mid grey).
         seed: seeds every view's augmentation (with the image index and the view number): the same seed gives the
             same views, another seed other views. Part of a feature cache's settings.
@@ -55,8 +59,8 @@ class AugmentConfig:
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
     cutout: bool = True
-    cutout_p: float = 0.5
-    cutout_scale: tuple[float, float] = (0.02, 0.25)
+    cutout_p: float = 1.0
+    cutout_scale: tuple[float, float] = (0.0625, 0.25)
     cutout_value: float = 0.5
     seed: int = 0
 

@@ -103,8 +103,8 @@ class DataConfig:
             one view per image is drawn from ``(seed, epoch)``. ``1`` (default): no augmentation, as the paper's
             cached setting. Validation and test always read view 0. The towers run K times per training image, once.
         augment: the augmentation of cached views and of ``augment_online`` (:class:`adds.data.augment.AugmentConfig`:
-            horizontal flip, RandAugment 2 ops at magnitude 9, Cutout as ``RandomErasing`` p 0.5 -- ML-Decoder's
-            recipe plus the flip -- and the views' seed).
+            horizontal flip, RandAugment 2 ops at magnitude 9, Cutout as ``RandomErasing`` on every image --
+            ML-Decoder's recipe plus the flip -- and the views' seed).
         augment_online: with ``cache: null`` (the towers run every step), augment every training image afresh each
             epoch (seeded by ``(augment.seed, seed, epoch, index)``): the exact recipe, at full re-encoding cost.
     """
