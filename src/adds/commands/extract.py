@@ -89,7 +89,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="cache directory (created)")
-    run.add_argument("--batch-size", type=int, default=32, help="images per tower batch (default: %(default)s)")
+    run.add_argument("--batch-size", type=int, default=32,
+                     help="images per tower batch; each is crops x views tower inputs (default: %(default)s)")
     run.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default: %(default)s)")
     run.add_argument("--shard-size", type=int, default=1024,
                      help="images per shard, the unit of resumption (default: %(default)s)")

@@ -56,7 +56,7 @@ class ExtractConfig:
     Attributes:
         input_size: images are squash-resized (:class:`~adds.data.base.SquashResize`) to this square size before
             Pyramid-Forwarding (paper: 224 / 448 / 640 / 1344; with a 224 px tower 448 gives levels 0 and 1).
-        batch_size: images per tower batch (each image is ``crops`` tower inputs).
+        batch_size: images per tower batch (each image is ``crops x views`` tower inputs).
         num_workers: DataLoader worker processes that decode images.
         shard_size: dataset records per shard (the unit of resumption and of work split across ranks).
         dtype: stored dtype, ``"float16"`` (default, half the disk) or ``"float32"``.
