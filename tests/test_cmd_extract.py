@@ -115,3 +115,20 @@ def test_bad_arguments_are_clear_errors(manifest, tmp_path, capsys):
         main(["extract", "--help"])
     assert exit_info.value.code == 0
     assert "torchrun" in capsys.readouterr().out
+
+
+def test_extract_views_option(manifest, tmp_path, capsys):
+    out = tmp_path / "views"
+    assert main(extract_args(manifest, out, "--views", "3", "--augment-seed", "7", "--no-cutout")) == 0
+    printed = capsys.readouterr().out
+    assert "views / image   3 (view 0 plain, the others augmented: flip, randaugment, seed 7)" in printed
+    store = FeatureStore.open(out, verify="full")
+    assert store.views == 3 and store.manifest["augment"]["cutout"] is False and store.manifest["augment"]["seed"] == 7
+    plain = tmp_path / "plain"
+    assert main(extract_args(manifest, plain)) == 0
+    torch.testing.assert_close(store.tokens(range(4)), FeatureStore.open(plain).tokens(range(4)))  # view 0
+    assert not torch.equal(store.tokens(range(4), [1] * 4), store.tokens(range(4)))
+    assert main(extract_args(manifest, out, "--views", "3", "--augment-seed", "8", "--no-cutout")) == 1
+    assert "augment: cache has" in capsys.readouterr().err
+    assert main(extract_args(manifest, tmp_path / "bad", "--views", "0")) == 1
+    assert "views must be a positive int" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from adds.features import (
     ExtractConfig,
     FeatureCacheError,
     FeatureStore,
+    build_manifest,
     dispose_cached_crops,
     extract_features,
     label_embedding_cache,
@@ -312,3 +314,83 @@ def test_extract_config_is_validated():
         ExtractConfig(input_size=64, dtype="bfloat16")
     with pytest.raises(ValueError, match="shard_size"):
         ExtractConfig(input_size=64, shard_size=0)
+
+
+# -- augmented views (issue 10.8) ----------------------------------------------------------------------------------
+def _views_config(views: int = 3, seed: int = 0, **changes) -> ExtractConfig:
+    from adds.data.augment import AugmentConfig
+
+    return ExtractConfig(input_size=64, batch_size=3, shard_size=4, dtype="float32", views=views,
+                         augment=AugmentConfig(seed=seed, **changes))
+
+
+def _all_views(store) -> torch.Tensor:
+    rows = torch.arange(len(store))
+    return torch.stack([store.tokens(rows, torch.full_like(rows, view)) for view in range(store.views)], 1)
+
+
+def test_augmented_views_differ_per_view_and_are_deterministic_per_seed(model, dataset, tmp_path):
+    plain = extract_features(model, dataset, tmp_path / "plain", _views_config(1), progress=False)
+    first = extract_features(model, dataset, tmp_path / "a", _views_config(3, seed=0), progress=False)
+    again = extract_features(model, dataset, tmp_path / "b", _views_config(3, seed=0), progress=False)
+    other = extract_features(model, dataset, tmp_path / "c", _views_config(3, seed=1), progress=False)
+    assert first.views == 3 and plain.views == 1 and first.record_indices.tolist() == plain.record_indices.tolist()
+    tokens = _all_views(first)  # (8, 3, N, D)
+    assert tokens.shape == (8, 3, N_TOKENS, DIM)
+    # view 0 is the plain image: the one-view cache's tokens, and what a reader gets by default
+    torch.testing.assert_close(tokens[:, 0], plain.tokens(torch.arange(8)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.tokens(torch.arange(8)), tokens[:, 0])
+    # every augmented view of every image differs from the plain one and from the other view
+    for view_a, view_b in ((0, 1), (0, 2), (1, 2)):
+        assert ((tokens[:, view_a] - tokens[:, view_b]).flatten(1).abs().amax(1) > 1e-3).all(), (view_a, view_b)
+    assert torch.equal(_all_views(again), tokens)  # same seed: the same bytes
+    assert torch.equal(_all_views(other)[:, 0], tokens[:, 0])
+    assert ((_all_views(other)[:, 1:] - tokens[:, 1:]).flatten(2).abs().amax(2) > 1e-3).all()
+    # batching and shard size do not change the views (each is seeded by its image index and view number)
+    rebatched = extract_features(model, dataset, tmp_path / "d",
+                                 replace(_views_config(3, seed=0), batch_size=2, shard_size=100), progress=False)
+    torch.testing.assert_close(_all_views(rebatched), tokens, atol=1e-5, rtol=1e-5)
+    assert first.manifest["views"] == 3 and first.manifest["augment"]["seed"] == 0
+    with pytest.raises(IndexError, match="views must be in"):
+        first.tokens([0], [3])
+
+
+def test_views_and_augmentation_are_part_of_the_cache_settings(model, dataset, tmp_path):
+    extract_features(model, dataset, tmp_path / "cache", _views_config(3), progress=False)
+    with pytest.raises(FeatureCacheError, match="views: cache has 3, requested 2"):
+        extract_features(model, dataset, tmp_path / "cache", _views_config(2), progress=False)
+    with pytest.raises(FeatureCacheError, match="augment"):
+        extract_features(model, dataset, tmp_path / "cache", _views_config(3, flip=False), progress=False)
+    # a one-view cache keeps the key it had before views existed (no views / augment in its settings)
+    from adds.features.manifest import _key
+
+    manifest = build_manifest(model, dataset, CONFIG, amp=False)
+    legacy = {key: value for key, value in manifest.items() if key not in ("views", "augment")}
+    assert _key(legacy) == manifest["key"]
+
+
+def test_cached_dataset_samples_one_view_per_item_per_epoch(model, dataset, tmp_path):
+    store = extract_features(model, dataset, tmp_path / "cache", _views_config(4), progress=False)
+    evaluation = CachedFeatureDataset(store, dataset)
+    evaluation.set_epoch(3)
+    assert evaluation.views.tolist() == [0] * 8  # evaluation reads the plain image, whatever the epoch
+    training = CachedFeatureDataset(store, dataset, sample_views=True, seed=5)
+    drawn = {}
+    for epoch in range(6):
+        training.set_epoch(epoch)
+        drawn[epoch] = training.views.clone()
+        items = training.__getitems__(list(range(len(training))))
+        expected = store.tokens(training.rows, drawn[epoch])
+        assert all(torch.equal(item["tokens"], expected[j]) for j, item in enumerate(items))
+    assert len({tuple(views.tolist()) for views in drawn.values()}) > 1  # the views change between epochs
+    assert set(torch.cat(list(drawn.values())).tolist()) == {0, 1, 2, 3}
+    again = CachedFeatureDataset(store, dataset, sample_views=True, seed=5)
+    for epoch in (4, 1):  # any order: epoch e's views are a function of (seed, e)
+        again.set_epoch(epoch)
+        assert torch.equal(again.views, drawn[epoch])
+    other = CachedFeatureDataset(store, dataset, sample_views=True, seed=6)
+    other_views = []
+    for epoch in range(6):
+        other.set_epoch(epoch)
+        other_views.append(other.views.clone())
+    assert any(not torch.equal(other_views[epoch], drawn[epoch]) for epoch in range(6))  # another seed, other views

@@ -16,6 +16,11 @@ examples:
   adds extract --data-kind manifest --data-root my_images.csv --checkpoint runs/my-run/best \\
       --input-size 448 --out cache/mine-448
 
+  # training cache with 4 views per image: the plain image + 3 augmented copies (flip, RandAugment, Cutout);
+  # training draws one view per image per epoch (data.views: 4 in the train config)
+  adds extract --data-kind coco --data-root /data/coco2014 --split train \
+      --model ViT-B-32-quickgelu --pretrained openai --input-size 224 --views 4 --out cache/coco-train-224-v4
+
   # 8 GPUs on one node: each rank extracts every 8th shard; re-running resumes unfinished shards
   torchrun --nproc_per_node 8 -m adds extract --data-kind nuswide --data-root /data/nuswide --split train \\
       --model ViT-L-14-336-quickgelu --pretrained openai --input-size 672 --out cache/nus-train-672
@@ -70,9 +75,22 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                        help="pyramid levels to keep (Table 7), e.g. '0' or '0,1,2'; default: every level the input "
                        "size allows (or the checkpoint's)")
 
+    views = parser.add_argument_group("augmented views (docs/feature-cache.md)")
+    views.add_argument("--views", type=int, default=1, metavar="K",
+                       help="store K views per image: view 0 the plain image, views 1..K-1 augmented with "
+                       "horizontal flip, RandAugment (2 ops, magnitude 9) and Cutout (RandomErasing); training "
+                       "with data.views: K draws one view per image per epoch. The towers run K times per image and "
+                       "the cache is K times larger (default: %(default)s, no augmentation)")
+    views.add_argument("--augment-seed", type=int, default=0, metavar="S",
+                       help="seed of the augmented views: the same seed gives the same views (default: %(default)s)")
+    views.add_argument("--no-flip", action="store_true", help="augmented views without the horizontal flip")
+    views.add_argument("--no-randaugment", action="store_true", help="augmented views without RandAugment")
+    views.add_argument("--no-cutout", action="store_true", help="augmented views without Cutout")
+
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="cache directory (created)")
-    run.add_argument("--batch-size", type=int, default=32, help="images per tower batch (default: %(default)s)")
+    run.add_argument("--batch-size", type=int, default=32,
+                     help="images per tower batch; each is crops x views tower inputs (default: %(default)s)")
     run.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default: %(default)s)")
     run.add_argument("--shard-size", type=int, default=1024,
                      help="images per shard, the unit of resumption (default: %(default)s)")
@@ -138,6 +156,11 @@ def _build_model(args: argparse.Namespace, levels: tuple[int, ...] | None):
     return ADDS(ADDSConfig(towers=towers, decoder=decoder, pyramid=PyramidConfig(levels)))
 
 
+def _augment_summary(settings: dict) -> str:
+    parts = [name for name in ("flip", "randaugment", "cutout") if settings.get(name)]
+    return (", ".join(parts) or "none") + f", seed {settings.get('seed')}"
+
+
 def _summary(store, dataset, seconds: float) -> str:
     manifest = store.manifest
     size = sum(path.stat().st_size for path in store.path.glob("shard-*.bin"))
@@ -149,6 +172,9 @@ def _summary(store, dataset, seconds: float) -> str:
         f"tokens / image  {manifest['num_tokens']} = {manifest['crops']} crops "
         f"(levels {manifest['pyramid']['levels']}) "
         f"x {manifest['tokens_per_crop']} tokens, dim {manifest['token_dim']}, {manifest['dtype']}",
+        f"views / image   {store.views}" + (" (view 0 plain, the others augmented: "
+                                                 f"{_augment_summary(manifest.get('augment') or {})})"
+                                                 if store.views > 1 else ""),
         f"size on disk    {size / 2**20:.1f} MiB in {len(manifest['shards'])} shard(s)",
         f"time            {seconds:.1f} s",
     ]
@@ -172,8 +198,13 @@ def run_extract(args: argparse.Namespace) -> int:
     try:
         if args.checkpoint is not None and args.unaligned:
             raise ValueError("--unaligned cannot be combined with --checkpoint (the checkpoint fixes the towers)")
+        from adds.data.augment import AugmentConfig
+
+        augment = AugmentConfig(flip=not args.no_flip, randaugment=not args.no_randaugment, cutout=not args.no_cutout,
+                                seed=args.augment_seed)
         config = ExtractConfig(input_size=args.input_size, batch_size=args.batch_size, num_workers=args.workers,
-                               shard_size=args.shard_size, dtype=args.dtype, amp=args.amp)
+                               shard_size=args.shard_size, dtype=args.dtype, amp=args.amp, views=args.views,
+                               augment=augment)
         levels = _levels(args.levels)
         device = _device(args.device, local_rank)
         dataset = load_dataset(

@@ -15,6 +15,8 @@ examples:
   adds train --config configs/nuswide_zsl_vitb32_224.yaml --set optim.lr=1e-4 --set epochs=20 --run-dir runs/try
   adds train --resume --run-dir runs/coco_vitl14_224            # continue a killed run exactly (even mid-epoch)
   adds train --config configs/coco_vitl14-336_640.yaml --set checkpoint_every=500 --verify-data
+  adds train --config configs/coco_vitl14_224.yaml --set data.views=4     # 4 cached views per image (augmented)
+  adds train --config X.yaml --set data.cache=null --set data.augment_online=true   # on-line augmentation
   torchrun --nproc_per_node=8 -m adds train --config configs/coco_vitl14-336_640.yaml   # 8 GPUs, same command
 
 Values after --set are YAML (null, true, [0, 1, 2], 3e-4). Ctrl+C (SIGINT) or SIGTERM stops after the current step,

@@ -243,7 +243,7 @@ class ImageNetSubsetConfig:
             ImageNet-1k without the classes overlapping NUS-WIDE).
         split: folder to check on disk (``<root>/<split>`` or wnid folders directly under ``root``).
         rule: ``"broad"`` (leave out every class that is a target label or a kind of one: 9,752 21k classes
-            remain without NUS-WIDE, 471 of ImageNet-1k) or ``"narrow"`` (leave out only the classes that are a
+            remain without NUS-WIDE, 470 of ImageNet-1k) or ``"narrow"`` (leave out only the classes that are a
             target label: 21,756 and 994 remain, so the paper's "first 15k" exist).
     """
 

@@ -13,7 +13,8 @@ On-disk layout (``out_dir``)::
                            vocabulary, tokens per image N, token dim D, dtype, shard list, and a ``key`` hashing it
     images.json            the dataset's record paths in dataset order (lets a subset dataset reuse the cache)
     shard-00000.bin        raw little-endian tokens of the stored records of dataset indices [0, shard_size),
-                           shape (rows, N, D), read with ``np.memmap`` (no copy until indexed)
+                           shape (rows, N, D) -- (rows, K, N, D) with ``ExtractConfig.views = K`` augmented views,
+                           view 0 the plain image -- read with ``np.memmap`` (no copy until indexed)
     shard-00000.json       sidecar: the manifest key, stored dataset indices, failed images, byte size, sha256
     labels-<hash>.safetensors   label embeddings of one vocabulary (see :func:`label_embedding_cache`)
 
@@ -25,6 +26,10 @@ run. :meth:`FeatureStore.open` refuses a cache with a missing sidecar (unfinishe
 
 Sharding across ``torchrun`` ranks needs no process group: rank ``r`` of ``w`` extracts shards ``r, r + w, ...``;
 every rank writes the same (deterministic) manifest, and the cache is complete once every shard's sidecar is there.
+
+Augmentation with the cache's speed: K views per image are extracted once (:mod:`adds.data.augment`: flip,
+RandAugment, Cutout, seeded per image and view) and :class:`CachedFeatureDataset` with ``sample_views=True`` reads
+one view per image per epoch, drawn from ``(seed, epoch)``.
 
 Modules: :mod:`~adds.features.manifest` (identities, settings, bookkeeping), :mod:`~adds.features.writer`
 (extraction), :mod:`~adds.features.store` (reading), :mod:`~adds.features.verification` (``--verify-data``),

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from adds import __version__
+from adds.data.augment import AugmentConfig
 from adds.data.base import MultiLabelDataset
 from adds.pyramid import plan
 
@@ -55,11 +56,15 @@ class ExtractConfig:
     Attributes:
         input_size: images are squash-resized (:class:`~adds.data.base.SquashResize`) to this square size before
             Pyramid-Forwarding (paper: 224 / 448 / 640 / 1344; with a 224 px tower 448 gives levels 0 and 1).
-        batch_size: images per tower batch (each image is ``crops`` tower inputs).
+        batch_size: images per tower batch (each image is ``crops x views`` tower inputs).
         num_workers: DataLoader worker processes that decode images.
         shard_size: dataset records per shard (the unit of resumption and of work split across ranks).
         dtype: stored dtype, ``"float16"`` (default, half the disk) or ``"float32"``.
         amp: on CUDA, run the towers under ``torch.autocast(dtype=float16)``; ignored on CPU.
+        views: tokens stored per image: view 0 of the plain image, views 1..K-1 of augmented copies
+            (:mod:`adds.data.augment`; training draws one view per image per epoch). ``1`` = no augmentation. The
+            towers run ``views`` times per image and the cache is ``views`` times larger.
+        augment: how views 1..K-1 are augmented (flip, RandAugment, Cutout) and their seed; ignored with one view.
     """
 
     input_size: int
@@ -68,12 +73,16 @@ class ExtractConfig:
     shard_size: int = 1024
     dtype: str = "float16"
     amp: bool = True
+    views: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         for name in ("input_size", "batch_size", "shard_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ExtractConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
+            raise ValueError(f"ExtractConfig.views must be a positive int, got {self.views!r}")
         if self.num_workers < 0:
             raise ValueError(f"ExtractConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.dtype not in _DTYPES:
@@ -106,8 +115,16 @@ def _crop_levels(model: ADDS, input_size: int) -> list[int]:
     return [level.index for level in levels for _ in level.crops]
 
 
+def manifest_views(manifest: dict[str, Any]) -> int:
+    """Views stored per image (1 for caches written before views existed)."""
+    return int(manifest.get("views", 1))
+
+
 def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest entries that decide the stored bytes; the manifest ``key`` hashes exactly these."""
+    """The manifest entries that decide the stored bytes; the manifest ``key`` hashes exactly these (the views and
+    their augmentation only for a multi-view cache, so one-view caches keep the key they had before views)."""
+    views = manifest_views(manifest)
+    extra = {"views": views, "augment": manifest.get("augment")} if views > 1 else {}
     return {
         "format_version": manifest.get("format_version"),
         **{f"towers.{key}": manifest.get("towers", {}).get(key) for key in _TOWER_KEYS},
@@ -121,6 +138,7 @@ def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
         "shard_size": manifest.get("shard_size"),
         "dataset.fingerprint": manifest.get("dataset", {}).get("fingerprint"),
         "dataset.num_records": manifest.get("dataset", {}).get("num_records"),
+        **extra,
     }
 
 
@@ -157,6 +175,8 @@ def build_manifest(model: ADDS, dataset: MultiLabelDataset, config: ExtractConfi
         "dtype": config.dtype,
         "amp": amp,
         "shard_size": config.shard_size,
+        "views": config.views,
+        "augment": config.augment.settings() if config.views > 1 else None,
         "dataset": {
             "name": dataset.name,
             "fingerprint": dataset.fingerprint(),
@@ -214,8 +234,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     before, after = _settings(old), _settings(new)
-    return [f"{name}: cache has {before[name]!r}, requested {after[name]!r}" for name in after
-            if before[name] != after[name]]
+    return [f"{name}: cache has {before.get(name)!r}, requested {after.get(name)!r}" for name in {**before, **after}
+            if before.get(name) != after.get(name)]
 
 
 # -- shard sidecars ------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from adds.features.manifest import (
     _sidecar,
     _tower_identity,
     images_fingerprint,
+    manifest_views,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ class FeatureStore:
     """A finished feature cache, opened read-only; tokens are read through memory maps.
 
     Rows are in storage order: shard by shard, inside a shard in dataset-index order; ``record_indices[row]`` is the
-    dataset index of a row. Images that failed to load have no row and are listed in ``failed``.
+    dataset index of a row. Images that failed to load have no row and are listed in ``failed``. A row holds
+    ``views`` token sets (``ExtractConfig.views``; view 0 is the plain image), stored as ``(rows, V, N, D)``.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], sidecars: list[dict[str, Any]]) -> None:
@@ -56,6 +58,7 @@ class FeatureStore:
         self.num_tokens: int = int(manifest["num_tokens"])
         self.token_dim: int = int(manifest["token_dim"])
         self.dtype: np.dtype = _DTYPES[manifest["dtype"]]
+        self.views: int = manifest_views(manifest)
         self.vocabulary: list[str] = list(manifest["vocabulary"])
         self._rows = [int(side["rows"]) for side in sidecars]
         self._offsets = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)  # (shards + 1,)
@@ -96,7 +99,8 @@ class FeatureStore:
                 f"have no sidecar, e.g. {_sidecar(directory, unfinished[0])} (extraction was interrupted or other "
                 "ranks are still running); re-run adds extract with the same arguments to finish it"
             )
-        row_bytes = manifest["num_tokens"] * manifest["token_dim"] * _DTYPES[manifest["dtype"]].itemsize
+        row_bytes = (manifest_views(manifest) * manifest["num_tokens"] * manifest["token_dim"]
+                     * _DTYPES[manifest["dtype"]].itemsize)
         sidecars = [_check_shard(directory, number, shard, manifest, row_bytes, verify)
                     for number, shard in enumerate(manifest["shards"])]
         return cls(directory, manifest, sidecars)
@@ -115,20 +119,31 @@ class FeatureStore:
 
     def _map(self, shard: int) -> np.memmap:
         if shard not in self._maps:
-            shape = (self._rows[shard], self.num_tokens, self.token_dim)
+            shape = (self._rows[shard], self.views, self.num_tokens, self.token_dim)  # (rows, V, N, D)
             self._maps[shard] = np.memmap(_data_file(self.path, shard), dtype=self.dtype, mode="r", shape=shape)
         return self._maps[shard]
 
-    def tokens(self, rows: Sequence[int] | Tensor) -> Tensor:
-        """Tokens of storage ``rows`` -> ``(len(rows), N, D)`` in the stored dtype (only those rows are read)."""
+    def tokens(self, rows: Sequence[int] | Tensor, views: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Tokens of storage ``rows`` -> ``(len(rows), N, D)`` in the stored dtype (only those rows are read).
+
+        ``views`` picks the view of each row (default: view 0, the plain image); each must be in ``[0, views)``.
+        """
         rows_np = torch.as_tensor(rows, dtype=torch.long).reshape(-1).numpy()
         if rows_np.size and (rows_np.min() < 0 or rows_np.max() >= len(self)):
             raise IndexError(f"rows must be in [0, {len(self)}), got min {rows_np.min()} max {rows_np.max()}")
+        if views is None:
+            views_np = np.zeros(rows_np.size, dtype=np.int64)
+        else:
+            views_np = torch.as_tensor(views, dtype=torch.long).reshape(-1).numpy()
+            if views_np.size != rows_np.size:
+                raise ValueError(f"got {views_np.size} views for {rows_np.size} rows")
+            if views_np.size and (views_np.min() < 0 or views_np.max() >= self.views):
+                raise IndexError(f"views must be in [0, {self.views}), got min {views_np.min()} max {views_np.max()}")
         out = np.empty((rows_np.size, self.num_tokens, self.token_dim), dtype=self.dtype)  # (n, N, D)
         shard_of = np.searchsorted(self._offsets, rows_np, side="right") - 1  # (n,)
         for shard in np.unique(shard_of):
             selected = shard_of == shard
-            out[selected] = self._map(int(shard))[rows_np[selected] - self._offsets[shard]]
+            out[selected] = self._map(int(shard))[rows_np[selected] - self._offsets[shard], views_np[selected]]
         finite = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)  # (n,)
         if not finite.all():
             raise self.corrupt_row_error(int(rows_np[np.flatnonzero(~finite)[0]]))
@@ -268,14 +283,25 @@ class CachedFeatureDataset(Dataset):
             :meth:`FeatureStore.dataset_rows`). Images that failed at extraction are left out and listed in
             ``skipped``.
 
+        sample_views: with a multi-view cache (``ExtractConfig.views > 1``), draw one view per item each epoch
+            (training); otherwise (the default, evaluation) every item reads view 0, the plain image.
+        seed: the run's seed; epoch ``e``'s views are a function of ``(seed, e)`` only (:meth:`set_epoch`), so a
+            resumed run reads the same views.
+
     Items: ``index`` (dataset index), ``tokens`` ``(N, D)`` in the stored dtype, ``target`` ``(C,)`` float,
     ``mask`` ``(C,)`` bool.
     """
 
-    def __init__(self, store: FeatureStore, dataset: MultiLabelDataset) -> None:
+    def __init__(self, store: FeatureStore, dataset: MultiLabelDataset, sample_views: bool = False,
+                 seed: int = 0) -> None:
         self.store = store
         self.dataset = dataset
+        self.sample_views = sample_views and store.views > 1
+        self.seed = seed
         self.indices, self.rows = store.dataset_rows(dataset)  # (n,), (n,)
+        self.views = torch.zeros(len(self.rows), dtype=torch.long)  # (n,) the view read for each item
+        if self.sample_views:
+            self.set_epoch(0)
         kept = set(self.indices.tolist())
         self.skipped: list[int] = [index for index in range(len(dataset)) if index not in kept]
         if self.skipped:
@@ -285,16 +311,26 @@ class CachedFeatureDataset(Dataset):
     def __len__(self) -> int:
         return int(self.indices.numel())
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the view of every item for ``epoch`` (uniform over the stored views, from ``(seed, epoch)``);
+        without ``sample_views`` nothing changes (view 0)."""
+        if not self.sample_views:
+            return
+        from adds.data.augment import augmentation_seed
+
+        generator = torch.Generator().manual_seed(augmentation_seed(self.seed, epoch))
+        self.views = torch.randint(self.store.views, (len(self.rows),), generator=generator)  # (n,)
+
     def __getitem__(self, item: int) -> dict[str, Any]:
         index = int(self.indices[item])
-        tokens = self.store.tokens([int(self.rows[item])])[0]  # (N, D)
+        tokens = self.store.tokens([int(self.rows[item])], [int(self.views[item])])[0]  # (N, D)
         target, mask = dense_targets([self.dataset.records[index]], len(self.dataset.vocabulary))
         return {"index": index, "tokens": tokens, "target": target[0], "mask": mask[0]}
 
     def __getitems__(self, items: Sequence[int]) -> list[dict[str, Any]]:
         """Batched ``__getitem__`` (used by ``DataLoader``): one memory-mapped read per shard for the whole batch."""
         items = list(items)
-        tokens = self.store.tokens(self.rows[items])  # (b, N, D)
+        tokens = self.store.tokens(self.rows[items], self.views[items])  # (b, N, D)
         indices = self.indices[items].tolist()
         target, mask = dense_targets([self.dataset.records[i] for i in indices], len(self.dataset.vocabulary))
         return [{"index": index, "tokens": tokens[j], "target": target[j], "mask": mask[j]}

@@ -29,12 +29,15 @@ _ROWS_PER_READ = 256
 
 
 def verify_cache(path: str | os.PathLike) -> FeatureStore:
-    """Open the cache in ``path`` with full checks (sizes, checksums, finite values); returns the opened store."""
+    """Open the cache in ``path`` with full checks (sizes, checksums, finite values of every view); returns the
+    opened store."""
     store = FeatureStore.open(Path(path), verify="full")
     for first in range(0, len(store), _ROWS_PER_READ):
         rows = np.arange(first, min(first + _ROWS_PER_READ, len(store)))
-        store.tokens(rows)  # raises FeatureCacheError naming the shard and image of a non-finite row
-    logger.info("verified feature cache %s: %d rows, sizes, SHA-256 and values OK", store.path, len(store))
+        for view in range(store.views):
+            store.tokens(rows, np.full(rows.size, view))  # raises FeatureCacheError naming the shard and image
+    logger.info("verified feature cache %s: %d rows x %d view(s), sizes, SHA-256 and values OK", store.path,
+                len(store), store.views)
     return store
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from adds.data.augment import AugmentedViews
 from adds.data.base import MultiLabelDataset, SquashResize, collate_skip_failures
 from adds.features.manifest import (
     _DTYPES,
@@ -59,7 +60,8 @@ class _ShardWriter:
         self.directory, self.number, self.start, self.stop = directory, number, start, stop
         self.manifest = manifest
         self.dtype = _DTYPES[manifest["dtype"]]
-        self.row_shape = (manifest["num_tokens"], manifest["token_dim"])
+        views = int(manifest.get("views", 1))
+        self.row_shape = ((views,) if views > 1 else ()) + (manifest["num_tokens"], manifest["token_dim"])
         _remove_shard(directory, number)
         self.partial = directory / f"{_shard_name(number)}.bin.partial"
         self.handle = open(self.partial, "wb")  # noqa: SIM115 - closed in finish()
@@ -69,8 +71,9 @@ class _ShardWriter:
         self.bytes = 0
 
     def write(self, indices: Sequence[int], tokens: Tensor) -> None:
-        """Append ``tokens`` ``(n, N, D)`` of dataset ``indices`` (ascending, following the previous ones)."""
-        array = np.ascontiguousarray(tokens.numpy().astype(self.dtype, copy=False))  # (n, N, D)
+        """Append ``tokens`` ``(n, N, D)`` (``(n, V, N, D)`` with views) of dataset ``indices`` (ascending, following
+        the previous ones)."""
+        array = np.ascontiguousarray(tokens.numpy().astype(self.dtype, copy=False))  # (n, [V,] N, D)
         data = array.tobytes()
         self.handle.write(data)
         self.digest.update(data)
@@ -124,7 +127,9 @@ def extract_features(
         model: the ADDS model whose towers and ``config.pyramid`` (levels, antialias) produce the tokens; it is put in
             eval mode for the extraction (no random crop disposal) and restored afterwards.
         dataset: the images; its own ``transform`` is ignored, each image is squash-resized to
-            ``config.input_size``. Images that cannot be loaded are skipped and recorded as failed.
+            ``config.input_size`` (and, with ``config.views > 1``, augmented into views 1..K-1,
+            :class:`adds.data.augment.AugmentedViews`). Images that cannot be loaded are skipped and recorded as
+            failed.
         out_dir: the cache directory (created).
         config: input size, batch size, workers, shard size, dtype.
         rank, world_size: this process's share: shards ``rank, rank + world_size, ...`` (``torchrun``'s ``RANK`` and
@@ -208,6 +213,9 @@ def _extract_shards(
     shards = manifest["shards"]
     source = copy.copy(dataset)  # shallow: shares the records, only the transform differs
     source.transform = SquashResize(config.input_size)
+    views = config.views
+    if views > 1:
+        source = AugmentedViews(source, config.input_size, views, config.augment)  # image (V, 3, S, S)
     batches: list[list[int]] = []
     batch_shard: list[int] = []
     for number in pending:
@@ -238,16 +246,18 @@ def _extract_shards(
                 logger.debug("skipping %s: %s", path, reason)
             failed += len(lost)
             if good:
-                images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+                images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) or (B, V, 3, S, S)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    tokens = model.forward_features(images)  # (B, N, D)
+                    tokens = model.forward_features(images.flatten(0, 1) if views > 1 else images)  # (B*V, N, D)
                 if tuple(tokens.shape[1:]) != expected:
                     raise FeatureCacheError(f"tokens of shape {tuple(tokens.shape[1:])} do not match the manifest's "
                                             f"(num_tokens, token_dim) = {expected}")
-                tokens = tokens.float().cpu()  # (B, N, D)
+                tokens = tokens.float().cpu()  # (B*V, N, D)
+                if views > 1:
+                    tokens = tokens.unflatten(0, (len(good), views))  # (B, V, N, D)
                 bad = (~torch.isfinite(tokens)).flatten(1).any(dim=1)
                 if manifest["dtype"] == "float16":
-                    bad |= (tokens.abs() > torch.finfo(torch.float16).max).flatten(1).any(dim=1)
+                    bad |= (tokens.abs() > torch.finfo(torch.float16).max).flatten(1).any(dim=1)  # (B,)
                 if bad.any():
                     where = [batch["path"][i] for i in bad.nonzero().flatten().tolist()]
                     raise FeatureCacheError(f"non-finite tokens (or values outside {manifest['dtype']}) for "

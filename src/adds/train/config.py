@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from adds.config import config_from_dict, config_to_dict
+from adds.data.augment import AugmentConfig
 from adds.data.registry import DatasetConfig
 from adds.evaluate import EvalConfig
 from adds.losses import ASLConfig
@@ -97,6 +98,15 @@ class DataConfig:
             (``adds train --verify-data``); a corrupt shard is an error naming its file.
         num_workers: DataLoader worker processes.
         extract_batch_size: images per tower call when extracting.
+        views: augmented views per training image in the train split's feature cache (``adds extract --views``):
+            view 0 is the plain image, views 1..K-1 are augmented as ``augment`` says, extracted once; each epoch
+            one view per image is drawn from ``(seed, epoch)``. ``1`` (default): no augmentation, as the paper's
+            cached setting. Validation and test always read view 0. The towers run K times per training image, once.
+        augment: the augmentation of cached views and of ``augment_online`` (:class:`adds.data.augment.AugmentConfig`:
+            horizontal flip, RandAugment 2 ops at magnitude 9, Cutout as ``RandomErasing`` on every image --
+            ML-Decoder's recipe plus the flip -- and the views' seed).
+        augment_online: with ``cache: null`` (the towers run every step), augment every training image afresh each
+            epoch (seeded by ``(augment.seed, seed, epoch, index)``): the exact recipe, at full re-encoding cost.
     """
 
     train: DatasetConfig | None = None
@@ -112,9 +122,20 @@ class DataConfig:
     verify: bool = False
     num_workers: int = 4
     extract_batch_size: int = 32
+    views: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment_online: bool = False
 
     def __post_init__(self) -> None:
         _set_float(self, "val_fraction")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
+            raise ConfigError(f"data.views must be a positive integer, got {self.views!r}")
+        if self.augment_online and (self.cache is not None or self.train_cache is not None):
+            raise ConfigError("data.augment_online needs data.cache: null (on-line augmentation re-encodes images "
+                              "every step); with a cache, use data.views: K for K extracted views per image")
+        if self.views > 1 and self.cache is None and self.train_cache is None:
+            raise ConfigError("data.views > 1 needs a feature cache (data.cache or data.train_cache); without one "
+                              "use data.augment_online: true")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.input_size is not None and (not isinstance(self.input_size, int) or self.input_size < 1):

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from adds.evaluate import EvalConfig, EvalResult, collate_batch, eval_batch_size, evaluate_scores, predict
 from adds.losses import AsymmetricLoss
@@ -96,6 +96,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The DataLoader's generator of one epoch (its worker seeds): a function of ``(seed, epoch)`` only, so that
     creating a loader mid-epoch on resume neither consumes the global RNG nor changes any worker's stream."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+
+
+def _set_epoch(data: Dataset, epoch: int) -> None:
+    """Tell ``data`` (or the dataset under a ``Subset``) the epoch: augmented-view choice and on-line augmentation
+    are functions of ``(seed, epoch)``."""
+    while isinstance(data, Subset) and not hasattr(data, "set_epoch"):
+        data = data.dataset
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
 
 
 class _Head(nn.Module):
@@ -290,8 +299,7 @@ class Trainer:
         start = time.perf_counter()
         epoch = self.epoch  # 0-based index of the epoch being trained
         self.sampler.set_epoch(epoch)
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
+        _set_epoch(self.train_set, epoch)
         order = list(self.sampler)  # this process's share of the (seed, epoch) permutation
         first = self.batch_in_epoch
         loader = self._loader(self.train_set, order[first * self.local_batch:], self.local_batch,

@@ -98,12 +98,13 @@ def _slug(text: str) -> str:
 
 
 def cache_directory(root: str | Path, dataset: MultiLabelDataset, model: ADDS, input_size: int,
-                    source: DatasetConfig | None = None) -> Path:
+                    source: DatasetConfig | None = None, views: int = 1, augment_seed: int = 0) -> Path:
     """Where the feature cache of ``dataset``'s images for ``model``'s towers and pyramid at ``input_size`` lives.
 
     ``<root>/<kind>-<split>-<images hash>_<tower model>-<weights>-<tower hash>_<input>px_L<levels>``. The name
     depends on the images, not the labels, so runs that share towers, images and resolution share a cache: NUS-WIDE
-    test for ZSL (81 labels) and GZSL (1006), or Table 1's 224 px run and Table 6's ML-Decoder run.
+    test for ZSL (81 labels) and GZSL (1006), or Table 1's 224 px run and Table 6's ML-Decoder run. A multi-view
+    (augmented) cache adds ``_v<views>s<augment seed>``.
     """
     from adds.features import images_fingerprint
 
@@ -115,7 +116,7 @@ def cache_directory(root: str | Path, dataset: MultiLabelDataset, model: ADDS, i
     aligned = "" if model.towers.config.aligned else "_raw"
     what = f"{source.kind}-{source.split}" if source is not None else dataset.name
     name = (f"{what}-{images_fingerprint(dataset)[:10]}_{identity['model']}-{weights}-{identity['fingerprint'][:8]}"
-            f"{aligned}_{input_size}px_L{level_tag}")
+            f"{aligned}_{input_size}px_L{level_tag}" + (f"_v{views}s{augment_seed}" if views > 1 else ""))
     return Path(root) / _slug(name)
 
 
@@ -138,7 +139,7 @@ class PreparedSplit:
 
 
 def _open_or_extract(dataset: MultiLabelDataset, directory: Path, model: ADDS, input_size: int, config: TrainConfig,
-                     context: DistributedContext, named_by: str | None = None):
+                     context: DistributedContext, named_by: str | None = None, views: int = 1):
     """Open (extracting first if needed) the cache of ``dataset`` in ``directory``.
 
     A cache named explicitly (``named_by``: the config key, e.g. ``data.train_cache``) that exists but is broken
@@ -162,7 +163,7 @@ def _open_or_extract(dataset: MultiLabelDataset, directory: Path, model: ADDS, i
         if context.is_main:
             logger.info("extracting features of %s into %s", dataset.name, directory)
         extract = ExtractConfig(input_size=input_size, batch_size=config.data.extract_batch_size,
-                                num_workers=config.data.num_workers)
+                                num_workers=config.data.num_workers, views=views, augment=config.data.augment)
         try:
             extract_features(model, dataset, directory, extract, rank=context.rank, world_size=context.world_size,
                              progress=context.is_main and config.progress)
@@ -177,18 +178,30 @@ def _open_or_extract(dataset: MultiLabelDataset, directory: Path, model: ADDS, i
 
         store = verify_cache(directory)
     store.check_compatible(model, dataset, input_size)
+    if store.views != views:
+        raise FeatureCacheError(f"feature cache {directory} holds {store.views} view(s) per image, the config asks "
+                                f"for {views} (data.views); extract it with adds extract --views {views}")
+    wanted = config.data.augment.settings()
+    if views > 1 and store.manifest.get("augment") != wanted:
+        raise FeatureCacheError(f"feature cache {directory} was augmented with {store.manifest.get('augment')}, the "
+                                f"config asks for {wanted} (data.augment); re-extract it or change data.augment")
     return store
 
 
 def prepare_split(dataset: MultiLabelDataset, model: ADDS, input_size: int, config: TrainConfig,
                   context: DistributedContext, indices: Sequence[int] | None = None,
                   source: DatasetConfig | None = None, cache_dir: str | None = None,
-                  named_by: str | None = None) -> PreparedSplit:
+                  named_by: str | None = None, augment: bool = False, views: int = 1) -> PreparedSplit:
     """Cached tokens (default) or resized images of ``dataset``, restricted to dataset ``indices`` if given.
 
     ``cache_dir`` is an explicit cache directory (``named_by``: the config key that named it); otherwise
     ``config.data.cache`` names the root of automatically named caches (:func:`cache_directory`), and with neither
     the split is read from images. With ``config.data.verify`` the cache (or the images) is checked first.
+
+    ``views`` is the number of views per image of the split's cache (``data.views`` for the training split and the
+    held-out part of it, 1 otherwise); ``augment`` (the training split only) draws one view per image each epoch
+    (cache) or augments each image on-line (images, ``data.augment_online``). Without ``augment`` a multi-view
+    cache is read at view 0, the plain image.
     """
     dataset.transform = SquashResize(input_size)
     if config.data.cache is None and cache_dir is None:
@@ -196,14 +209,19 @@ def prepare_split(dataset: MultiLabelDataset, model: ADDS, input_size: int, conf
             from adds.features import verify_images
 
             verify_images(dataset)
-        data: Dataset = dataset if indices is None else Subset(dataset, list(indices))
+        data: Dataset = dataset
+        if augment and config.data.augment_online:
+            from adds.data.augment import OnlineAugmentedDataset
+
+            data = OnlineAugmentedDataset(dataset, input_size, config.data.augment, seed=config.seed)
+        data = data if indices is None else Subset(data, list(indices))
         return PreparedSplit(data, dataset)
     from adds.features import CachedFeatureDataset
 
     directory = Path(cache_dir) if cache_dir is not None else \
-        cache_directory(config.data.cache, dataset, model, input_size, source)
-    store = _open_or_extract(dataset, directory, model, input_size, config, context, named_by)
-    cached = CachedFeatureDataset(store, dataset)
+        cache_directory(config.data.cache, dataset, model, input_size, source, views, config.data.augment.seed)
+    store = _open_or_extract(dataset, directory, model, input_size, config, context, named_by, views)
+    cached = CachedFeatureDataset(store, dataset, sample_views=augment, seed=config.seed)
     failed = len(cached.skipped)
     if indices is not None:
         wanted = torch.zeros(len(dataset), dtype=torch.bool)
@@ -347,13 +365,15 @@ def _run(config: TrainConfig, context: DistributedContext, resume: bool, stop_af
     else:
         train_indices, val_indices, val_data = None, None, None
     train = prepare_split(train_data, model, input_size, config, context, train_indices, config.data.train,
-                          config.data.train_cache, named_by="data.train_cache")
+                          config.data.train_cache, named_by="data.train_cache", augment=True, views=config.data.views)
     val = None
     if val_data is not None:
+        held_out = config.data.val is None  # a held-out part of train: reads view 0 of the train cache
         val = prepare_split(val_data, model, input_size, config, context, val_indices,
                             config.data.val or config.data.train,
-                            config.data.val_cache if config.data.val is not None else config.data.train_cache,
-                            named_by="data.val_cache" if config.data.val is not None else "data.train_cache")
+                            config.data.train_cache if held_out else config.data.val_cache,
+                            named_by="data.train_cache" if held_out else "data.val_cache",
+                            views=config.data.views if held_out else 1)
     vocabulary = train_data.vocabulary
     embeddings = _label_embeddings(model, vocabulary, config, context)
     val_embeddings = None
