@@ -123,6 +123,44 @@ def measure(models: dict[str, ADDS], images: torch.Tensor, labels: torch.Tensor,
     return result
 
 
+def split_times(models: dict[str, ADDS], images: torch.Tensor, labels: torch.Tensor, batch: int,
+                repeats: int) -> dict:
+    """Seconds of the tower alone and of the head alone (on the tower's tokens), fp32 vs bf16: where the time goes."""
+    tokens = {name: [models[name].forward_features(images[i:i + batch]) for i in range(0, len(images), batch)]
+              for name in ("fp32", "bf16")}
+
+    def tower(name):
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                models[name].forward_features(images[i:i + batch])
+
+    def head(name):
+        with torch.no_grad():
+            for chunk in tokens[name]:
+                models[name].forward_head(chunk, labels)
+
+    cases = {f"{part} {name}": (lambda f=fn, n=name: f(n)) for part, fn in (("tower", tower), ("head", head))
+             for name in ("fp32", "bf16")}
+    times = interleaved_times(cases, repeats=repeats, warmup=1, desc="tower / head")
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"median_seconds": median, "head_share_fp32": median["head fp32"] / (median["head fp32"] +
+                                                                                  median["tower fp32"]),
+            "tower_speedup": median["tower fp32"] / median["tower bf16"],
+            "head_speedup": median["head fp32"] / median["head bf16"]}
+
+
+def profile_ops(model: ADDS, images: torch.Tensor, labels: torch.Tensor, batch: int, rows: int = 8) -> list[dict]:
+    """Self CPU time share of the top operators of one forward pass (``torch.profiler``)."""
+    from torch.profiler import profile
+
+    forward(model, images, labels, batch)
+    with profile() as prof:
+        forward(model, images, labels, batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:rows]]
+
+
 def run_toy(args: argparse.Namespace) -> dict:
     model, labels = train_toy_head(args.train_scenes, args.epochs)
     images, _ = render_scenes(args.test_scenes, torch.Generator().manual_seed(777), TOY_SCENE)  # held out
@@ -132,6 +170,8 @@ def run_toy(args: argparse.Namespace) -> dict:
     result["agreement"] = {name: top5_agreement(reference, forward(m, images, labels, args.toy_batch,
                                                                     autocast=name == "bf16-autocast"))
                            for name, m in models.items() if name != "fp32"}
+    result["split"] = split_times(models, images, labels, args.toy_batch, args.repeats)
+    result["profile"] = {name: profile_ops(models[name], images, labels, args.toy_batch) for name in ("fp32", "bf16")}
     return result
 
 
@@ -162,6 +202,11 @@ def table(result: dict) -> str:
             same_set = "" if agree is None else f"{100 * agree['top5_same_set']:.1f} %"
             same_order = "" if agree is None else f"{100 * agree['top5_same_order']:.1f} %"
             lines.append(f"| {title} | {name} | {rate:.1f} | {speed} | {same_set} | {same_order} |")
+    split = result["toy"]["split"]
+    lines += ["", f"toy world, where the time goes: head = {100 * split['head_share_fp32']:.0f} % of the fp32 forward; "
+              f"bf16 speeds the tower up {split['tower_speedup']:.2f}x, the (fp32) head {split['head_speedup']:.2f}x"]
+    for name, ops in result["toy"]["profile"].items():
+        lines.append(f"profile {name}: " + ", ".join(f"{op['op']} {100 * op['share']:.0f} %" for op in ops))
     return "\n".join(lines)
 
 
