@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 import adds.tagger.precision as precision_module
 from adds.cli import main
 from adds.commands import tag as tag_command
 from adds.decoder import DecoderConfig
-from adds.evaluate import EvalConfig, TensorFeatureDataset, evaluate_model
+from adds.evaluate import EvalConfig, evaluate_model
 from adds.model import ADDS, ADDSConfig
 from adds.tagger import Tagger, TaggerConfig
 from adds.tagger.precision import PRECISIONS, PrecisionError, cpu_supports_bf16, resolve_precision
@@ -63,21 +64,41 @@ def test_cuda_precisions_use_autocast_without_casting():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def _spy_tokens(monkeypatch) -> list[tuple[torch.dtype, torch.dtype]]:
+    """Records (vision-tower weight dtype, token dtype) of every ``Towers.encode_image_tokens`` call."""
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    original = Towers.encode_image_tokens
+
+    def spy(self, pixels):
+        tokens = original(self, pixels)
+        seen.append((next(self.clip.visual.parameters()).dtype, tokens.dtype))
+        return tokens
+
+    monkeypatch.setattr(Towers, "encode_image_tokens", spy)
+    return seen
+
+
 @needs_bf16
-def test_bf16_tagger_runs_the_image_path_in_bf16_and_scores_close_to_fp32():
+def test_bf16_tagger_runs_the_vision_tower_in_bf16_and_scores_close_to_fp32(monkeypatch):
     reference_model = _model()
     model = copy.deepcopy(reference_model)
     fp32 = Tagger(reference_model, TaggerConfig(threshold=None, label_cache=False), labels=LABELS)
-    seen: list[torch.dtype] = []
-    model.token_proj.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].dtype))
+    head_inputs: list[torch.dtype] = []
+    model.token_proj.register_forward_hook(lambda module, inputs, output: head_inputs.append(inputs[0].dtype))
     bf16 = Tagger(model, TaggerConfig(threshold=None, label_cache=False, precision="bf16"), labels=LABELS)
     assert bf16.describe()["precision"] == "bf16"
     assert next(model.towers.clip.visual.parameters()).dtype == torch.bfloat16
     assert next(model.towers.clip.transformer.parameters()).dtype == torch.float32  # the text tower is kept
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())  # and the head
     assert model.towers.identity() == reference_model.towers.identity()  # label-cache key of the fp32 weights
     images = _images()
-    expected, scores = fp32.scores(images), bf16.scores(images)
-    assert seen and set(seen) == {torch.bfloat16}
+    seen = _spy_tokens(monkeypatch)
+    expected = fp32.scores(images)
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    seen.clear()
+    scores = bf16.scores(images)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert set(head_inputs) == {torch.float32}  # tokens back in float32 for the head
     assert scores.dtype == torch.float32 and scores.shape == (6, len(LABELS))
     assert torch.allclose(scores, expected, atol=0.03), (scores - expected).abs().max()
     assert not torch.equal(scores, expected)  # it really ran in another precision
@@ -96,21 +117,33 @@ def test_bf16_clip_baseline_scores_close_to_fp32():
     assert torch.allclose(scores, expected, atol=0.05), (scores - expected).abs().max()
 
 
+class _Images(Dataset):
+    """Image items in the layout of ``MultiLabelDataset`` (``adds.data.base``)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, "path": f"{index}.png", "image": self.images[index], "error": None,
+                "target": self.targets[index], "mask": torch.ones_like(self.targets[index], dtype=torch.bool)}
+
+
 @needs_bf16
-def test_eval_config_precision_runs_the_head_in_bf16():
+def test_eval_config_precision_runs_the_vision_tower_in_bf16(monkeypatch):
     reference_model = _model().eval()
     model = copy.deepcopy(reference_model)
-    tokens = reference_model.forward_features(_images(8))  # (8, T, D) float32, as a feature cache holds them
     targets = (torch.rand(8, len(LABELS), generator=torch.Generator().manual_seed(1)) > 0.5).float()
-    data = TensorFeatureDataset(tokens, targets)
+    data = _Images(torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2)), targets)
     embeddings = reference_model.encode_labels(LABELS)
-    seen: list[torch.dtype] = []
-    model.decoder.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    seen = _spy_tokens(monkeypatch)
     runs = {}
     for name, which in (("fp32", reference_model), ("bf16", model)):
         runs[name] = evaluate_model(which, data, LABELS, EvalConfig(precision=name), label_embeddings=embeddings,
                                     progress=False)
-    assert set(seen) == {torch.bfloat16}
+    assert set(seen) == {(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)}
     assert runs["bf16"].settings["precision"] == "bf16"
     assert abs(runs["bf16"].headline["mAP"] - runs["fp32"].headline["mAP"]) < 0.05
 
@@ -123,15 +156,7 @@ def _photo(tmp_path):
 
 @needs_bf16
 def test_tag_flag_reaches_the_model(tmp_path, capsys, monkeypatch):
-    seen: list[tuple[torch.dtype, torch.dtype]] = []
-    original = Towers.encode_image_tokens
-
-    def spy(self, pixels):
-        tokens = original(self, pixels)
-        seen.append((next(self.clip.visual.parameters()).dtype, tokens.dtype))
-        return tokens
-
-    monkeypatch.setattr(Towers, "encode_image_tokens", spy)
+    seen = _spy_tokens(monkeypatch)
     photo = _photo(tmp_path)
     assert main(["tag", *TINY, "--labels", "red,blue", "--precision", "bf16", "--format", "jsonl", str(photo)]) == 0
     assert seen == [(torch.bfloat16, torch.bfloat16)]

@@ -98,8 +98,8 @@ class EvalConfig:
         overlap_train: the training classes the overlap is computed against (``"imagenet1k"``).
         batch_size: images per forward pass.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision :func:`evaluate_model` runs the model's image
-            path in (:mod:`adds.tagger.precision`: a CPU bf16 run casts the vision tower and head in place; a GPU
-            run uses ``torch.autocast``); scores are float32. An explicit ``autocast_dtype`` argument wins on GPU.
+            path in (:mod:`adds.tagger.precision`: a CPU bf16 run casts the vision tower in place, the head stays
+            float32; a GPU run uses ``torch.autocast``); scores are float32. An explicit ``autocast_dtype`` wins.
     """
 
     protocol: str = "conventional"
@@ -472,7 +472,7 @@ def evaluate_model(
     from adds.tagger.precision import resolve_precision
 
     precision = resolve_precision(config.precision, device)  # PrecisionError (a ValueError): cannot run here
-    precision.prepare(model)  # CPU bf16: the image path cast in place; the text tower stays float32
+    precision.prepare(model)  # CPU bf16: the vision tower cast in place; head and text tower stay float32
     if autocast_dtype is None:
         autocast_dtype = precision.autocast_dtype
     vocabulary = list(vocabulary)

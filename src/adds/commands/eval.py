@@ -94,9 +94,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, default=4, help="DataLoader workers (default: %(default)s)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     run.add_argument("--precision", default="auto", metavar="P",
-                     help="precision of the image path (vision tower and head): auto (default: bf16 autocast on a "
-                     "GPU with bfloat16, else fp16 on a GPU; fp32 on a CPU), fp32, bf16 or fp16. On a CPU, bf16 needs "
-                     "native bfloat16 (AVX512-BF16/AMX) and fp16 is refused; scores stay float32")
+                     help="precision of the image path: auto (default: bf16 autocast on a GPU with bfloat16, else "
+                     "fp16 autocast on a GPU; fp32 on a CPU), fp32, bf16 or fp16. On a CPU, bf16 runs the vision "
+                     "tower in bfloat16 (needs AVX512-BF16/AMX; the head stays fp32, so a --cache run gains nothing) "
+                     "and fp16 is refused; scores stay float32")
     run.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU (the same as --precision fp32)")
     run.add_argument("--json", metavar="OUT", help="write the results as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -66,9 +66,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "under torchrun: cuda:LOCAL_RANK)")
     group.add_argument(
         "--precision", default="fp32", metavar="P",
-        help="precision of the image path (vision tower and head): fp32 (default), bf16 or fp16. On a CPU, bf16 "
-        "needs native bfloat16 (AVX512-BF16/AMX) and fp16 is refused; on a GPU both run under autocast. Label "
-        "embeddings and scores stay float32 (see docs/tagging.md)",
+        help="precision of the image path: fp32 (default), bf16 or fp16. On a CPU, bf16 runs the vision tower in "
+        "bfloat16 (needs AVX512-BF16/AMX; the head stays fp32) and fp16 is refused; on a GPU, bf16/fp16 run tower "
+        "and head under autocast. Label embeddings and scores stay float32 (see docs/tagging.md)",
     )
     group.add_argument("--no-label-cache", action="store_true",
                        help="do not keep label embeddings on disk (default: kept in $ADDS_CACHE_DIR, else "

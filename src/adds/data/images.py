@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageLoadError", "as_image_batch", "image_to_tensor", "load_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageLoadError", "as_image_batch", "image_to_tensor", "load_image", "open_image"]
 
 #: Largest accepted ``width * height``; ``None`` disables the check. PIL's default limit (``Image.MAX_IMAGE_PIXELS``,
 #: ~89.5 megapixels, about 0.25 GiB of RGB at 24 bits), where PIL only starts to warn. Change it on this module.
@@ -130,6 +130,26 @@ def _open(source: str | Image.Image, name: str) -> Image.Image:
             raise ImageLoadError(name, f"truncated or corrupt image data ({type(err).__name__}: {err})") from err
 
 
+def open_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Open and fully decode an image file (or a PIL image) with :func:`load_image`'s checks: the decoded,
+    EXIF-oriented PIL image, for callers that resize before converting to a tensor (the tagger).
+
+    Raises the same errors as :func:`load_image`.
+    """
+    if isinstance(source, Image.Image):
+        return _open(source, getattr(source, "filename", "") or "<PIL.Image.Image>")
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path or a PIL image, got {type(source).__name__}")
+    path = os.fsdecode(os.fspath(source))
+    if not os.path.exists(path):
+        raise ImageLoadError(path, "file not found")
+    if os.path.isdir(path):
+        raise ImageLoadError(path, "is a directory, not an image file")
+    if os.path.getsize(path) == 0:
+        raise ImageLoadError(path, "zero-byte file")
+    return _open(path, path)
+
+
 def load_image(source: str | os.PathLike | Image.Image) -> Tensor:
     """Load an image file (or a PIL image) as a float32 RGB tensor ``(3, H, W)`` in ``[0, 1]``.
 
@@ -140,19 +160,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Tensor:
         ImageLoadError: missing, empty, unreadable, truncated/corrupt, or too large (decompression bomb) images.
         TypeError: ``source`` is neither a path nor a PIL image.
     """
-    if isinstance(source, Image.Image):
-        name = getattr(source, "filename", "") or "<PIL.Image.Image>"
-        return image_to_tensor(_open(source, name))
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path or a PIL image, got {type(source).__name__}")
-    path = os.fsdecode(os.fspath(source))
-    if not os.path.exists(path):
-        raise ImageLoadError(path, "file not found")
-    if os.path.isdir(path):
-        raise ImageLoadError(path, "is a directory, not an image file")
-    if os.path.getsize(path) == 0:
-        raise ImageLoadError(path, "zero-byte file")
-    return image_to_tensor(_open(path, path))
+    return image_to_tensor(open_image(source))
 
 
 def as_image_batch(images: Tensor) -> Tensor:

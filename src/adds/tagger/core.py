@@ -21,13 +21,14 @@ from PIL import Image
 from torch import Tensor
 
 from adds.data.base import SquashResize
-from adds.data.images import ImageLoadError, as_image_batch, load_image
+from adds.data.images import ImageLoadError, as_image_batch
 from adds.label_cache import label_cache_enabled
 from adds.model import ADDS
 from adds.openvocab import OpenVocabulary, checkpoint_open_vocabulary, tagger_logits
 from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
+from adds.tagger.decode import squash_image
 from adds.tagger.plan import InputPlan, input_plan, trained_input_size
 from adds.tagger.precision import PRECISIONS, resolve_precision
 from adds.tagger.thresholds import (
@@ -73,10 +74,10 @@ class TaggerConfig:
             training vocabulary mix the head with the training-free CLIP prior, training labels keep the head's
             score. ``None`` = on when the checkpoint has an ``open_vocab.json``; ``True`` = required (an error
             without the file); ``False`` = the plain head (the paper's model).
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the precision of the image path (vision tower
-            and head), see :mod:`adds.tagger.precision`. On a CPU, bf16 casts the model's image path in place
-            (needs native bfloat16; fp16 is refused); on a GPU, bf16/fp16 run under ``torch.autocast``. Label
-            embeddings are computed in float32 and scores are float32 whatever the precision.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``, see :mod:`adds.tagger.precision`. On a CPU,
+            bf16 casts the model's vision tower in place (needs native bfloat16; the head stays float32; fp16 is
+            refused); on a GPU, bf16/fp16 run the tower and head under ``torch.autocast``. Label embeddings are
+            computed in float32 and scores are float32 whatever the precision.
     """
 
     threshold: float | None = 0.5
@@ -180,7 +181,7 @@ class Tagger:
         self.towers: Towers = model.towers
         self.device = next(self.towers.parameters()).device
         self.precision = resolve_precision(self.config.precision, self.device)  # PrecisionError: one line
-        self.precision.prepare(self.model)  # CPU bf16: the image path cast in place (adds.tagger.precision)
+        self.precision.prepare(self.model)  # CPU bf16: the vision tower cast in place (adds.tagger.precision)
         self.plan = self._input_plan(trained_input_size)
         if open_vocabulary is not None and not isinstance(model, ADDS):
             raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
@@ -339,15 +340,15 @@ class Tagger:
 
         Raises :class:`~adds.data.images.ImageLoadError` for a file that cannot be read (its path and the reason).
         """
-        if isinstance(image, Tensor):
-            batch = as_image_batch(image)  # (1, 3, H, W)
-            if batch.shape[0] != 1:
-                raise ValueError(f"prepare takes one image, got a batch of shape {tuple(image.shape)}")
-            pixels = batch[0]
-        elif isinstance(image, (str, os.PathLike, Image.Image)):
-            pixels = load_image(image)  # (3, H, W)
-        else:
+        if isinstance(image, (str, os.PathLike, Image.Image)):
+            pixels, size = squash_image(image, self.plan.input_size)  # (3, s, s), resized before float (decode.py)
+            return PreparedImage(pixels=pixels.contiguous(), levels=self.plan.levels, size=size)
+        if not isinstance(image, Tensor):
             raise TypeError(f"an image must be a path, a PIL image or a tensor, got {type(image).__name__}")
+        batch = as_image_batch(image)  # (1, 3, H, W)
+        if batch.shape[0] != 1:
+            raise ValueError(f"prepare takes one image, got a batch of shape {tuple(image.shape)}")
+        pixels = batch[0]
         height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
         pixels = SquashResize(self.plan.input_size)(pixels.float())  # (3, s, s)
         return PreparedImage(pixels=pixels.float().contiguous(), levels=self.plan.levels, size=(height, width))
@@ -356,7 +357,7 @@ class Tagger:
     def _logits(self, pixels: Tensor, label_embeddings: Tensor, labels: Sequence[str] | None = None) -> Tensor:
         """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)`` (``labels``: for the open-vocabulary mode)."""
         pixels = pixels.to(self.device)
-        with self.precision.autocast():  # CUDA bf16/fp16; a CPU bf16 image path is cast already
+        with self.precision.autocast():  # CUDA bf16/fp16; a CPU bf16 vision tower is cast already
             if isinstance(self.model, CLIPBaseline):
                 return self.model(pixels, label_embeddings).float()
             tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)

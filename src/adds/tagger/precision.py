@@ -3,12 +3,14 @@
 What each value does (see docs/tagging.md and docs/performance.md, item 12.3, for the measurements):
 
 * ``fp32``: every weight and activation in float32 (the default).
-* ``bf16`` on a CPU: the *image path* -- the vision tower and the ADDS head (``token_proj``, DM-decoder, shared
-  classifier) -- is cast to bfloat16 in place, and images go through it in bfloat16. It needs a CPU with native
-  bfloat16 (AVX512-BF16 or AMX; :func:`cpu_supports_bf16`); elsewhere it is refused, since emulated bfloat16 is
-  slower than float32. The weights are cast rather than run under ``torch.autocast`` because autocast turns off
-  ``nn.MultiheadAttention``'s fused inference path in open_clip's towers, and the unfused path copies the
-  attention weights once per token (2.6x *slower* than fp32 on ViT-B-32, measured in ``benchmarks/precision.py``).
+* ``bf16`` on a CPU: the *vision tower* is cast to bfloat16 in place and images go through it in bfloat16; its
+  tokens are cast back to float32 for the ADDS head (``token_proj``, DM-decoder, shared classifier), which stays
+  float32. It needs a CPU with native bfloat16 (AVX512-BF16 or AMX; :func:`cpu_supports_bf16`); elsewhere it is
+  refused, since emulated bfloat16 is slower than float32. The weights are cast rather than run under
+  ``torch.autocast`` because autocast turns off ``nn.MultiheadAttention``'s fused inference path in open_clip's
+  towers, and the unfused path copies the attention weights once per token (2.6x *slower* than fp32 on ViT-B-32).
+  The head stays float32 because a bfloat16 head changed the top-5 tags of a fifth of the toy world's images,
+  the bfloat16 tower of 1-2 % (``benchmarks/precision.py``, docs/performance.md item 12.3).
 * ``bf16`` / ``fp16`` on a CUDA GPU: ``torch.autocast`` with that dtype around the image path (the mixed precision
   training and ``adds eval`` already use on GPUs); the weights stay float32. ``fp16`` needs CUDA: on a CPU it is
   refused (no faster than fp32 on x86 without AMX-FP16, measured: see ``benchmarks/precision.py``).
@@ -81,23 +83,19 @@ class InferencePrecision:
         return torch.autocast(self.device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Cast ``model``'s image path in place when this precision casts weights (CPU bf16); returns ``model``.
+        """Cast ``model``'s vision tower in place when this precision casts weights (CPU bf16); returns ``model``.
 
         ``model`` is an :class:`~adds.model.ADDS` or a :class:`~adds.tagger.CLIPBaseline`: its ``towers.clip.visual``
-        is cast, and an ADDS model's head (``token_proj``, ``decoder``, ``classifier``). The towers' fingerprint
-        (:meth:`~adds.towers.Towers.identity`) is computed first, from the float32 weights, so label-cache and
-        checkpoint-compatibility keys do not change. The text tower stays float32.
+        is cast (shared towers are shared: every head on them sees the cast). The head and the text tower stay
+        float32. The towers' fingerprint (:meth:`~adds.towers.Towers.identity`) is computed first, from the float32
+        weights, so label-cache and checkpoint-compatibility keys do not change.
         """
         if not self.casts_weights:
             return model
         towers = model.towers
         towers.identity()  # the float32 fingerprint, cached on the towers
         towers.clip.visual.to(self.dtype)
-        for name in ("token_proj", "decoder", "classifier"):
-            part = getattr(model, name, None)
-            if isinstance(part, nn.Module):
-                part.to(self.dtype)
-        logger.info("precision: image path in %s on the CPU (text tower in float32)", self.name)
+        logger.info("precision: vision tower in %s on the CPU (head and text tower in float32)", self.name)
         return model
 
 
