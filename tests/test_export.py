@@ -177,3 +177,24 @@ def test_missing_onnxruntime_is_one_line_and_exit_2(monkeypatch, capsys, tmp_pat
         "(install them with: pip install 'adds[export]')"
     ]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_benchmark_script_runs_on_tiny_towers(tmp_path):
+    """benchmarks/onnx_export.py --quick end to end (no timing assertions): every plan row with a small difference."""
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_onnx_export", benchmarks / "onnx_export.py")
+        bench = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = bench
+        spec.loader.exec_module(bench)
+        assert bench.main(["--quick", "--out", str(tmp_path / "r.json")]) == 0
+    finally:
+        sys.path.remove(str(benchmarks))
+        sys.modules.pop("benchmarks_onnx_export", None)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [row["crops"] for row in rows] == [1, 5]
+    assert all(row["max_abs_logit_diff"] <= 1e-4 and row["onnxruntime_images_per_s"] > 0 for row in rows)

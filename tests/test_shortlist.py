@@ -127,3 +127,25 @@ def test_config_checks_and_default(tiny_towers_unaligned):
     tokens = model.forward_features(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="aligned"):
         shortlist(model, tokens, F.normalize(torch.randn(20, 32), dim=-1), ShortlistConfig(size=3))
+
+
+def test_benchmark_script_runs_quick(tmp_path):
+    """benchmarks/shortlist.py --quick end to end on the toy world (tiny sizes; no timing or quality assertions)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("benchmarks_shortlist", benchmarks / "shortlist.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    try:
+        spec.loader.exec_module(bench)
+        assert bench.main(["--quick", "--sizes", "8", "--heads", "dm2", "--out", str(tmp_path / "r.json")]) == 0
+    finally:
+        sys.modules.pop("benchmarks_shortlist", None)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["k"] == 148 and result["sizes"] == [8]
+    assert 0.0 <= result["rows"]["M=8 recall"][0] <= 1.0
+    assert set(result["timing"]["speedup"]) == {"head M=8", "end-to-end M=8"}
