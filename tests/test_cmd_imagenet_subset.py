@@ -6,7 +6,7 @@ import pytest
 
 from adds.cli import main
 from adds.data.imagenet import read_class_list
-from adds.data.overlap import classes_overlapping, overlapped_labels
+from adds.data.overlap import classes_overlapping, imagenet_wnids, overlapped_labels
 
 
 def test_writes_a_class_list_without_the_target_overlap(tmp_path, capsys):
@@ -53,6 +53,8 @@ def test_published_class_lists_are_what_the_command_writes(tmp_path, rule, sourc
     assert not classes_overlapping("nuswide81", kept, rule=rule)
     expected = {("21k", "narrow"): 15000, ("21k", "broad"): 9752, ("1k", "narrow"): 994, ("1k", "broad"): 470}
     assert len(classes) == expected[source, rule]
+    if (source, rule) == ("21k", "narrow"):  # the first 15,000 eligible classes end at fall11 index 15,076
+        assert imagenet_wnids("imagenet21k").index(classes[-1].wnid) == 15076
 
 
 def test_the_table8_configs_name_the_narrow_published_lists():

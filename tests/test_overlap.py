@@ -172,6 +172,7 @@ def test_narrow_rule_counts_only_classes_that_are_the_label():
     narrow = classes_overlapping("nuswide81", all21k, rule="narrow")
     assert len(all21k) - len(broad) == 9752  # broad: fewer than the paper's 15,000 remain
     assert len(all21k) - len(narrow) >= 15000 and len(narrow) == 87
+    assert [len(overlapped_labels(t, "imagenet1k", "narrow")[0]) for t in ("coco80", "nuswide81")] == [27, 6]
     for target in ("coco80", "nuswide81"):
         for train in ("imagenet1k", "imagenet21k"):
             flag = ("narrow_overlapped_" + train)
