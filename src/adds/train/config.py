@@ -9,6 +9,7 @@ One frozen dataclass per concern, composed into :class:`TrainConfig`::
     |-- loss: ASLConfig           Asymmetric Loss (adds.losses)
     |-- sls: SLSConfig            Selective Language Supervision (Eq. 6), automatic for vocabularies > 1000 labels
     |-- ema: EMAConfig            exponential moving average of the trainable weights
+    |-- open_vocab: OpenVocabTrainConfig   fold head for the open-vocabulary mode (adds.train.open_vocab), off
     `-- evaluation: EvalConfig    protocol of the final test evaluation (adds.evaluate)
 
 Defaults are the paper's ("Implementation Settings"): Adam, lr 3e-4 for inputs <= 336 px and 1e-4 above,
@@ -48,6 +49,7 @@ __all__ = [
     "OptimConfig",
     "SLSConfig",
     "EMAConfig",
+    "OpenVocabTrainConfig",
     "TrainConfig",
     "ConfigError",
     "paper_learning_rate",
@@ -239,6 +241,26 @@ class EMAConfig:
 
 
 @dataclass(frozen=True)
+class OpenVocabTrainConfig:
+    """The open-vocabulary mode's fit after training (not in the paper; :mod:`adds.train.open_vocab`).
+
+    Attributes:
+        holdout: share of the training labels a second, *fold* head is trained without; its scores on the held-out
+            validation split fit ``best/open_vocab.json`` (how words outside the training vocabulary mix the head
+            with the CLIP prior). ``0`` (the default) = off: it costs a second training run.
+        seed: which labels are hidden.
+    """
+
+    holdout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _set_float(self, "holdout")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"open_vocab.holdout must be in [0, 1), got {self.holdout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run (see the module docstring for the layout and ``configs/`` for the paper's runs).
 
@@ -267,6 +289,9 @@ class TrainConfig:
         calibrate: after training, fit per-label F1-optimal thresholds of ``best/`` on the held-out validation
             split and write ``best/thresholds.tsv`` + ``best/calibration.json`` (:mod:`adds.calibration`), which
             ``adds tag`` then uses by default. Needs a validation split; skipped (with a log line) without one.
+        open_vocab: after training (and calibration), train a fold head without some labels and fit
+            ``best/open_vocab.json``, the open-vocabulary mode ``adds tag`` / ``adds eval`` then use for words
+            outside the training labels (:class:`OpenVocabTrainConfig`; off by default).
     """
 
     name: str = "adds"
@@ -290,6 +315,7 @@ class TrainConfig:
     description: str = ""
     expected: dict[str, Any] | None = None
     calibrate: bool = True
+    open_vocab: OpenVocabTrainConfig = field(default_factory=OpenVocabTrainConfig)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):

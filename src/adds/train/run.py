@@ -264,8 +264,11 @@ class HeldOutScores:
 
 
 def held_out_scores(best: ADDS, split: PreparedSplit, embeddings: torch.Tensor, config: TrainConfig,
-                    context: DistributedContext) -> HeldOutScores:
-    """Score ``split`` (the run's held-out validation split) with ``best`` (all processes take part)."""
+                    context: DistributedContext, score_fn=None) -> HeldOutScores:
+    """Score ``split`` (the run's held-out validation split) with ``best`` (all processes take part).
+
+    ``score_fn(tokens, label_embeddings) -> (B, k)`` replaces the head's sigmoid scores (see
+    :func:`adds.evaluate.predict`), e.g. raw logits or the training-free prior."""
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
@@ -279,7 +282,8 @@ def held_out_scores(best: ADDS, split: PreparedSplit, embeddings: torch.Tensor, 
                         generator=torch.Generator().manual_seed(config.seed))
     gather = (lambda tensor: gather_rows(tensor, context)) if context.is_distributed else None
     best.eval()
-    predictions = predict(best, loader, {"all": embeddings.to(context.device)}, device=context.device,
+    predictions = predict(best, loader, {"all": embeddings.to(context.device)}, score_fn=score_fn,
+                          device=context.device,
                           autocast_dtype=_resolve_amp(config.amp, context.device), gather=gather,
                           description="held-out", progress=False)
     return HeldOutScores(vocabulary, predictions)
@@ -413,6 +417,17 @@ def _run(config: TrainConfig, context: DistributedContext, resume: bool, stop_af
             return held_out_scores(best, val, val_embeddings if val_embeddings is not None else embeddings, config,
                                    context)
     _after_training(config, run_dir, scores, context)
+    if config.open_vocab.holdout > 0:
+        if val is None:
+            logger.warning("open_vocab.holdout needs a validation split: best/ gets no open_vocab.json")
+        else:
+            from adds.train.open_vocab import fit_open_vocabulary
+
+            fold = fit_open_vocabulary(config, model, train, val, list(vocabulary), embeddings, input_size, context,
+                                       resume)
+            if not fold.finished:  # the fold run was interrupted: --resume finishes it
+                result.finished, result.interrupted = False, fold.interrupted
+                return result
     if config.data.test is not None:
         result.test = _test_best(config, model, input_size, context, echo)
     return result
