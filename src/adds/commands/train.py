@@ -95,11 +95,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config_dict(config), indent=2))
         return 0
     from adds.features import FeatureCacheError, one_line
+    from adds.towers import WeightsFileError, WeightsUnavailableError
 
     try:
         result = run_training(config, resume=args.resume, stop_after=args.stop_after_epochs,
                               stop_after_steps=args.stop_after_steps)
-    except FeatureCacheError as error:  # a user's cache: corrupt, truncated, or for other towers
+    except (FeatureCacheError, WeightsFileError, WeightsUnavailableError) as error:
+        # the user's files: a corrupt / truncated / foreign cache, unreadable or wrong-architecture weights, or
+        # weights that cannot be downloaded here -- bad input, nothing could run (exit 2)
         logger.debug("training failed", exc_info=True)
         print(f"adds train: {one_line(error)}", file=sys.stderr)
         return 2
