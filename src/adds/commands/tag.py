@@ -406,6 +406,8 @@ def _scorer(args: argparse.Namespace, tagger) -> str:
 
     info = tagger.describe()
     what = f"ADDS head {args.checkpoint}" if args.checkpoint else "CLIP baseline"
+    if info.get("open_vocabulary"):
+        what += " + open vocabulary"
     return f"adds {__version__}: {what} on {info['model']} ({info['pretrained'] or 'random weights'})"
 
 
