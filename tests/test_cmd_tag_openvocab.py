@@ -57,3 +57,10 @@ def test_open_vocabulary_on_without_the_record_is_exit_2_naming_the_file(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and OPEN_VOCAB_NAME in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_shortlist_and_open_vocabulary_together_are_refused_in_one_line(tmp_path, tiny_towers, photo, capsys):
+    checkpoint = _checkpoint(tmp_path / "ckpt", tiny_towers, open_vocab=True)
+    code = main(["tag", str(photo), "--checkpoint", str(checkpoint), "--labels", LABELS, "--shortlist", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--open-vocabulary off" in err and "Traceback" not in err

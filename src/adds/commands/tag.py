@@ -96,6 +96,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     labels.add_argument("--top-k", type=int, metavar="K", help="keep at most K tags per image (after thresholds)")
     labels.add_argument(
+        "--shortlist", type=int, metavar="M",
+        help="large vocabularies: CLIP's cosine picks each image's M candidate labels and the head scores only "
+        "those (the rest score below every candidate); default: every label is decoded. See docs/performance.md",
+    )
+    labels.add_argument(
         "--open-vocabulary", choices=("auto", "on", "off"), default="auto",
         help="a checkpoint's open-vocabulary mode for words outside its training labels (head mixed with the "
         "CLIP prior, fitted on held-out training labels; the training labels keep the head's score): 'auto' uses "
@@ -197,6 +202,7 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             max_cached_labels=getattr(args, "max_cached_labels", None),
             precision=getattr(args, "precision", "fp32"),
             open_vocabulary=OPEN_VOCABULARY_CHOICES[getattr(args, "open_vocabulary", "auto")],
+            shortlist=getattr(args, "shortlist", None),
         )
         thresholds = None
         if args.threshold_file is not None:

@@ -78,6 +78,11 @@ class TaggerConfig:
             bf16 casts the model's vision tower in place (needs native bfloat16; the head stays float32; fp16 is
             refused); on a GPU, bf16/fp16 run the tower and head under ``torch.autocast``. Label embeddings are
             computed in float32 and scores are float32 whatever the precision.
+        shortlist: ``M``: score a call with more than ``M`` labels in two passes (:mod:`adds.shortlist`, issue 12.6):
+            CLIP's class-token cosine picks each image's ``M`` candidates and the head scores only those; the
+            others get scores below every candidate's (below ``sigmoid(-20)``). ``None`` (default) decodes every
+            label, see docs/performance.md for what it costs and changes. Not combined with the open-vocabulary
+            mode (an error; use ``open_vocabulary=False``). Ignored by the CLIP baseline (it has no head).
     """
 
     threshold: float | None = 0.5
@@ -89,6 +94,7 @@ class TaggerConfig:
     max_cached_labels: int | None = None
     open_vocabulary: bool | None = None
     precision: str = "fp32"
+    shortlist: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -98,7 +104,7 @@ class TaggerConfig:
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
                                        or self.top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
-        for name in ("batch_size", "input_size", "max_cached_labels"):
+        for name in ("batch_size", "input_size", "max_cached_labels", "shortlist"):
             value = getattr(self, name)
             if (name == "batch_size" or value is not None) and (
                     isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -183,6 +189,9 @@ class Tagger:
         self.precision = resolve_precision(self.config.precision, self.device)  # PrecisionError: one line
         self.precision.prepare(self.model)  # CPU bf16: the vision tower cast in place (adds.tagger.precision)
         self.plan = self._input_plan(trained_input_size)
+        if open_vocabulary is not None and self.config.shortlist is not None:
+            raise ValueError("the shortlist cannot be combined with the open-vocabulary mode yet (the mode "
+                             "standardises over every label's head score); turn one off (--open-vocabulary off)")
         if open_vocabulary is not None and not isinstance(model, ADDS):
             raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
         self.open_vocabulary = open_vocabulary  # adds.openvocab: None = the plain head
@@ -361,7 +370,13 @@ class Tagger:
             if isinstance(self.model, CLIPBaseline):
                 return self.model(pixels, label_embeddings).float()
             tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
-            logits = self.model.forward_head(tokens, label_embeddings).float()  # (b, k)
+            if self.config.shortlist is not None:
+                from adds.shortlist import ShortlistConfig, shortlist_logits
+
+                logits = shortlist_logits(self.model, tokens, label_embeddings,
+                                          ShortlistConfig(size=self.config.shortlist)).float()  # (b, k)
+            else:
+                logits = self.model.forward_head(tokens, label_embeddings).float()  # (b, k)
         if self.open_vocabulary is not None and labels is not None:
             logits = tagger_logits(self.open_vocabulary, tokens, logits, label_embeddings, labels,
                                    self.towers.tokens_per_image)
@@ -508,6 +523,7 @@ class Tagger:
             "per_label_thresholds": len(self.thresholds.per_label),
             "top_k": self.config.top_k,
             "open_vocabulary": self.open_vocabulary is not None,
+            "shortlist": self.config.shortlist if isinstance(self.model, ADDS) else None,
             "precision": self.precision.name,
         }
 
