@@ -20,7 +20,8 @@ from adds.cli import EXIT_INTERRUPTED, main
 
 SRC = str(Path(adds.__file__).resolve().parent.parent)
 HEAVY = ("torch", "open_clip", "torchvision", "numpy", "PIL", "fastapi", "safetensors")
-COMMANDS = sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(adds.commands.__path__))
+COMMANDS = sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(adds.commands.__path__)
+                  if not info.name.startswith("_"))  # _options: shared helpers, not a sub-command
 
 # Runs ``python -m adds ARGS`` in this interpreter and, at exit, prints which heavy modules were imported.
 _PROBE = """

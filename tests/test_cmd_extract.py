@@ -107,8 +107,8 @@ def test_extract_from_a_checkpoint_uses_its_towers_and_levels(manifest, tmp_path
 
 
 def test_bad_arguments_are_clear_errors(manifest, tmp_path, capsys):
-    assert main(extract_args(manifest, tmp_path / "c", "--levels", "zero")) == 1
-    assert "--levels must be comma-separated integers" in capsys.readouterr().err
+    assert main(extract_args(manifest, tmp_path / "c", "--levels", "zero")) == 2  # a bad argument: exit 2
+    assert "--levels must be 'all' or comma-separated integers" in capsys.readouterr().err
     assert main(extract_args(tmp_path / "nope.csv", tmp_path / "c")) == 1
     assert "nope.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:

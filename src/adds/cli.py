@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(adds.commands.__path__), key=lambda info: info.name):
+        if module_info.name.startswith("_"):  # shared helpers, not sub-commands
+            continue
         module = importlib.import_module(f"adds.commands.{module_info.name}")
         module.register(subcommands)
     return parser

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from adds.commands._options import UsageError
+
 logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
@@ -26,10 +28,6 @@ examples:
       --output clip-thresholds/
   adds tag photos/ --labels words.txt --threshold-file clip-thresholds/thresholds.tsv
 """
-
-
-class UsageError(Exception):
-    """A user mistake: one line on stderr, exit code 2."""
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from adds.commands._options import UsageError, parse_levels
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
@@ -78,15 +80,6 @@ def _error(message: str) -> int:
     return 2
 
 
-def _levels(value: str | None) -> tuple[int, ...] | None:
-    if value is None or value.strip().lower() == "auto":
-        return None
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError as error:
-        raise ValueError(f"--levels must be comma-separated integers like 0,1,2, got {value!r}") from error
-
-
 def run(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < 1:
         return _error(f"--input-size must be >= 1, got {args.input_size}")
@@ -99,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output.parent.exists() and not args.output.parent.is_dir():
         return _error(f"{args.output.parent} is not a folder")
     try:
-        levels = _levels(args.levels)
-    except ValueError as error:
+        levels = parse_levels(args.levels)
+    except UsageError as error:
         return _error(str(error))
     from adds.export import ExportDependencyError, require_onnx
 
@@ -145,7 +138,7 @@ def _export(args: argparse.Namespace, levels: tuple[int, ...] | None) -> int:
 
 def _load(args: argparse.Namespace):
     """(model, labels or None, trained input size or None) for the model options."""
-    from adds.commands.tag import UsageError, parse_labels
+    from adds.commands.tag import parse_labels
     from adds.tagger import CLIPBaseline, CLIPBaselineConfig
     from adds.towers import TowerConfig, load_towers
 

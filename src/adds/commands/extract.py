@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from adds.commands._options import UsageError, parse_levels
+
 _EPILOG = """\
 examples:
   # MS-COCO 2014 val at 448 px on ViT-B-32 (levels 0 and 1: 1 + 4 crops per image)
@@ -109,15 +111,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_extract)
 
 
-def _levels(text: str | None) -> tuple[int, ...] | None:
-    if text is None or text.strip().lower() == "all":
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"--levels must be comma-separated integers like '0,1', got {text!r}") from None
-
-
 def _device(choice: str, local_rank: int):
     import torch
 
@@ -205,7 +198,7 @@ def run_extract(args: argparse.Namespace) -> int:
         config = ExtractConfig(input_size=args.input_size, batch_size=args.batch_size, num_workers=args.workers,
                                shard_size=args.shard_size, dtype=args.dtype, amp=args.amp, views=args.views,
                                augment=augment)
-        levels = _levels(args.levels)
+        levels = parse_levels(args.levels, default_word="all")
         device = _device(args.device, local_rank)
         dataset = load_dataset(
             DatasetConfig(kind=args.data_kind, root=args.data_root, split=args.split, labels=args.labels,
@@ -221,6 +214,9 @@ def run_extract(args: argparse.Namespace) -> int:
             return 0
         if args.verify == "full":
             store = FeatureStore.open(args.out, verify="full")
+    except UsageError as error:
+        print(f"adds extract: error: {error}", file=sys.stderr)
+        return 2
     except (FeatureCacheError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
         print(f"adds extract: error: {error}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adds.commands._options import UsageError, parse_levels
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -28,10 +30,6 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 #: ``--precision`` values (:data:`adds.tagger.precision.PRECISIONS`, repeated here so argument errors need no torch).
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-class UsageError(Exception):
-    """Bad arguments or a model that cannot be loaded: the command stops before tagging (exit code 2)."""
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,15 +158,6 @@ def parse_labels(values: Sequence[str] | None) -> list[str] | None:
         raise UsageError(f"--labels: {error}") from error
 
 
-def _parse_levels(value: str | None) -> tuple[int, ...] | None:
-    if value is None or value.strip().lower() == "auto":
-        return None
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError as error:
-        raise UsageError(f"--levels must be 'auto' or comma-separated integers like 0,1,2, got {value!r}") from error
-
-
 def build_tagger(args: argparse.Namespace, device: str | None = None):
     """The :class:`~adds.tagger.Tagger` the model options describe; raises :class:`UsageError` with the reason.
 
@@ -196,7 +185,7 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
             threshold=0.5 if args.threshold is None else args.threshold,
             top_k=args.top_k,
             batch_size=getattr(args, "batch_size", 16),
-            levels=_parse_levels(args.levels),
+            levels=parse_levels(args.levels),
             input_size=args.input_size,
             label_cache=not getattr(args, "no_label_cache", False),
             max_cached_labels=getattr(args, "max_cached_labels", None),

@@ -1,0 +1,24 @@
+"""Pieces of argument handling that several sub-commands share (not a sub-command: ``adds.cli`` skips ``_`` names).
+
+Imports nothing heavy, so argument errors stay fast (``tests/test_cli_start.py``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["UsageError", "parse_levels"]
+
+
+class UsageError(Exception):
+    """A user mistake (bad arguments, a model or file that cannot be used): one line on stderr, exit code 2."""
+
+
+def parse_levels(value: str | None, default_word: str = "auto") -> tuple[int, ...] | None:
+    """``--levels`` -> Pyramid-Forwarding levels: ``"0,1,2"`` -> ``(0, 1, 2)``; ``None`` or ``default_word`` ->
+    ``None`` (the command's default plan). Raises :class:`UsageError` naming the value."""
+    if value is None or value.strip().lower() == default_word:
+        return None
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--levels must be '{default_word}' or comma-separated integers like 0,1,2, "
+                         f"got {value!r}") from None
