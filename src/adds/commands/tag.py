@@ -281,7 +281,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                      help="threads decoding images ahead of the model, overlapping it (0 = none; default: %(default)s)")
     out.add_argument("--fast-decode", action="store_true",
                      help="squash 8-bit images in 8 bits before converting them to float: several times cheaper "
-                     "for large photos on a busy CPU; pixels within ~1/255 of the default exact path (the one "
+                     "for large photos on a busy CPU; pixels within 2/255 of the default exact path (the one "
                      "adds eval uses), so scores move by ~1e-4")
     out.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                      help="progress bars on stderr (finding files, tagging; rank 0 only under torchrun); auto = when "
