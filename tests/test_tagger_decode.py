@@ -41,3 +41,33 @@ def test_errors_are_load_image_errors(tmp_path):
         squash_image(broken, 32)
     with pytest.raises(ImageLoadError, match="file not found"):
         squash_image(tmp_path / "missing.jpg", 32)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_fast_decode_is_within_8bit_rounding_of_the_exact_path(tmp_path, mode):
+    path = _photo(tmp_path, mode, size=(300, 200), name="big.jpg")
+    for size in (32, 100, 200):  # shrinking: the fast path
+        fast, original = squash_image(path, size, fast=True)
+        exact = squash_image(path, size)[0]
+        assert original == (200, 300) and fast.shape == (3, size, size) and fast.dtype == torch.float32
+        assert fast.is_contiguous() and 0.0 <= float(fast.min()) and float(fast.max()) <= 1.0
+        assert not torch.equal(fast, exact)
+        assert (fast - exact).abs().max() <= 2.5 / 255 and (fast - exact).abs().mean() <= 0.5 / 255
+    assert torch.equal(squash_image(path, 224, fast=True)[0], squash_image(path, 224)[0])  # enlarging: exact
+
+
+def test_fast_decode_keeps_the_exact_path_for_other_modes(tmp_path):
+    path = _photo(tmp_path, "RGBA")
+    assert torch.equal(squash_image(path, 32, fast=True)[0], squash_image(path, 32)[0])
+
+
+def test_tagger_fast_decode_scores_close_to_exact(tmp_path, tiny_towers):
+    from adds.tagger import CLIPBaseline, Tagger, TaggerConfig
+
+    path = _photo(tmp_path, "RGB", size=(120, 90), name="c.jpg")  # larger than the tiny tower's 32 px
+    labels = ["red", "blue", "green"]
+    exact = Tagger(CLIPBaseline(tiny_towers), TaggerConfig(threshold=None, label_cache=False), labels=labels)
+    fast = Tagger(CLIPBaseline(tiny_towers), TaggerConfig(threshold=None, label_cache=False, fast_decode=True),
+                  labels=labels)
+    assert torch.allclose(fast.scores([path]), exact.scores([path]), atol=5e-3)
+    assert not torch.equal(fast.prepare(path).pixels, exact.prepare(path).pixels)

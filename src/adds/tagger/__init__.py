@@ -50,8 +50,10 @@ only labels being tagged. ``top_k`` then keeps at most the ``k`` best of the lab
 
 Modules: :mod:`~adds.tagger.core` (the tagger), :mod:`~adds.tagger.plan` (input plan), :mod:`~adds.tagger.baseline`
 (CLIP baseline), :mod:`~adds.tagger.thresholds`, :mod:`~adds.tagger.vocabulary`, :mod:`~adds.tagger.files`
-(finding images), :mod:`~adds.tagger.output` (result files, resume), :mod:`~adds.tagger.shards` (torchrun
-sharding) and :mod:`~adds.tagger.xmp` (XMP sidecars; needs the ``[xmp]`` extra).
+(finding images), :mod:`~adds.tagger.decode` (files to squashed pixels, ``fast_decode``),
+:mod:`~adds.tagger.precision` (``--precision fp32|bf16|fp16``), :mod:`~adds.tagger.output` (result files, resume),
+:mod:`~adds.tagger.shards` (torchrun sharding) and :mod:`~adds.tagger.xmp` (XMP sidecars; needs the ``[xmp]``
+extra).
 """
 
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
