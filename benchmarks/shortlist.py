@@ -31,6 +31,7 @@ Speed (same run, interleaved rounds, median of per-round ratios; :func:`_common.
 Goal: >= 10x faster than full decoding with >= 99 % of its mAP.
 
     OMP_NUM_THREADS=1 python benchmarks/shortlist.py                  # 3 seeds, ~12 min on one core
+    python benchmarks/shortlist.py --diagnose-only                    # the first pass's recall and variants, ~1 min
     python benchmarks/shortlist.py --quick                            # 1 seed, small sizes (smoke test)
 """
 
@@ -135,6 +136,58 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
     return rows, {"heads": trained, "tokens": tokens, "vocabulary": vocabulary, "world": world}
 
 
+def diagnose_only(args, config: ToyWorldConfig, towers, names: list[str], distractors: torch.Tensor,
+                  sizes: list[int]) -> int:
+    seed = int(args.seeds.split(",")[0])
+    world = _build_world(config, seed, towers)
+    vocabulary = torch.cat([world.aligned_labels, distractors])
+    diagnosis = first_pass_diagnosis(world, towers, vocabulary, [*VOCABULARY.concepts, *names], sizes)
+    result = {"environment": environment(), "seed": seed, "k": vocabulary.shape[0], "diagnosis": diagnosis}
+    lines = ["| first pass | " + " | ".join(f"recall M={m}" for m in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for name, values in diagnosis["recall"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[str(m)]:.3f}" for m in sizes) + " |")
+    lines.append(f"\nlabels in the top 256 of > 90 % of images: {diagnosis['labels_in_top256_of_over_90pct_images']}; "
+                 f"distinct labels there: {diagnosis['distinct_labels_in_top256']}; most frequent: "
+                 + ", ".join(diagnosis["most_frequent_in_top256"]))
+    out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT.with_name("shortlist_first_pass.json")
+    write_result(result, "\n".join(lines), out)
+    return 0
+
+
+@torch.no_grad()
+def first_pass_diagnosis(world, towers, vocabulary: torch.Tensor, names: list[str], sizes: list[int]) -> dict:
+    """Why the cosine misses positives: hub labels?, which tags outrank the concepts, and the recall of variants
+    (per-label centring / z-scoring with training-image statistics, adding the best patch-token cosine)."""
+    c = len(VOCABULARY)
+    tokens, targets, tpc = world.test_tokens, world.test_targets.bool(), towers.tokens_per_image
+    labels = F.normalize(vocabulary.float(), dim=-1)  # (k, D)
+    cosine = prior_cosine(tokens, vocabulary, tpc)  # (N, k)
+    train_cls = F.normalize(world.train_tokens[:, ::tpc].float(), dim=-1).reshape(-1, labels.shape[1])  # (R, D)
+    train_cos = train_cls @ labels.t()  # (R, k)
+    patches = torch.einsum("ntd,kd->ntk", F.normalize(tokens.float(), dim=-1)[:, 1:tpc], labels).amax(dim=1)
+    variants = {
+        "cosine": cosine,
+        "centred per label": cosine - train_cos.mean(dim=0),
+        "z-scored per label": (cosine - train_cos.mean(dim=0)) / train_cos.std(dim=0),
+        "cosine + best patch cosine": cosine + patches,
+    }
+
+    def recall(scores: torch.Tensor, m: int) -> float:
+        top = scores.topk(m, dim=1).indices
+        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)[:, :c]
+        return float(mask[targets].float().mean())
+
+    top256 = cosine.topk(256, dim=1).indices
+    counts = torch.bincount(top256.flatten(), minlength=labels.shape[0])  # (k,): images with the label in top 256
+    frequent = counts.argsort(descending=True)[:10].tolist()
+    return {
+        "recall": {name: {str(m): recall(v, m) for m in sizes} for name, v in variants.items()},
+        "labels_in_top256_of_over_90pct_images": int((counts > 0.9 * tokens.shape[0]).sum()),
+        "distinct_labels_in_top256": int((counts > 0).sum()),
+        "most_frequent_in_top256": [names[i] for i in frequent],
+    }
+
+
 def timing(state: dict, towers, sizes: list[int], batch: int, repeats: int, warmup: int) -> dict:
     """Toy head: full vs shortlist, head only and with the tower; seconds per call."""
     head = state["heads"]["dm2"]
@@ -222,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-world", action="store_true",
                         help="the quick toy world (600 / 300 scenes; its heads stay below the cosine's mAP)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 100 distractors, small scenes (smoke test)")
+    parser.add_argument("--diagnose-only", action="store_true",
+                        help="only the first pass's recall and its variants on the first seed (no heads, ~1 min) "
+                        "-> results/shortlist_first_pass.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -236,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [s for s in sizes if s <= 64] or [8]
     towers = load_toy_towers(0)
     start = time.perf_counter()
-    _, distractors = distractor_embeddings(towers, 100 if args.quick else None)
+    names, distractors = distractor_embeddings(towers, 100 if args.quick else None)
+    if args.diagnose_only:
+        return diagnose_only(args, config, towers, names, distractors, sizes)
     k = len(VOCABULARY) + distractors.shape[0]
     print(f"vocabulary: {len(VOCABULARY)} toy concepts + {distractors.shape[0]} distractors = {k} labels "
           f"({time.perf_counter() - start:.0f}s to embed)", flush=True)
