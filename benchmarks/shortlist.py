@@ -19,7 +19,8 @@ the quick run's 600 / 300 the heads stay below the training-free cosine's mAP, w
      full decoding's top-5 labels per image (whole vocabulary: what a tagger shows) that the shortlist keeps, and
      the mean abs logit change of shortlisted concepts against the full call;
    * **oracle first pass** (two-layer DM head): the shortlist picked by the full call's own logits (its cost not
-     counted) -- what the fill and the smaller label set cost when the first pass makes no mistakes.
+     counted) -- what the fill and the smaller label set cost when the first pass makes no mistakes;
+   * **one-layer first pass**: the trained one-layer DM head ranks all labels, the two-layer head scores its top M.
 
 Speed (same run, interleaved rounds, median of per-round ratios; :func:`_common.interleaved_times`):
 
@@ -101,7 +102,7 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
     rows: dict[str, float] = {}
     cosine = prior_cosine(tokens, vocabulary, tpc)  # (N, k)
     rows["cosine (first pass) mAP"] = _map(cosine[:, :c], targets)
-    trained = {}
+    trained, full_maps = {}, {}
     for name in heads:
         head = _train_head(world, world.train_tokens, world.train_targets, concepts, config, seed, HEADS[name])
         trained[name] = head
@@ -110,6 +111,7 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
         top_full = full_all.topk(5, dim=1).indices  # (N, 5): what a tagger shows, whole vocabulary
         alone = _chunked(lambda t, head=head: head.forward_head(t, concepts), tokens)  # (N, 48)
         rows[f"{name} full mAP"] = full_map = _map(full, targets)
+        full_maps[name] = full_map
         rows[f"{name} 48-only mAP"] = _map(alone, targets)
         rows[f"{name} full vs 48-only mean abs dlogit"] = float((full - alone).abs().mean())
         for size in sizes:
@@ -133,6 +135,15 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
                 oracle_mask = torch.cat([o.mask for o in oracle])[:, :c]
                 rows[f"{name} M={size} oracle first pass mAP ratio"] = _map(oracle_logits, targets) / full_map
                 rows[f"M={size} oracle first pass recall"] = float(oracle_mask[positives].float().mean())
+    if "dm1" in trained:  # the one-layer DM head as the first pass of the two-layer one
+        small, head = trained["dm1"], trained["dm2"]
+        for size in sizes:
+            outs = [shortlist(head, tokens[i:i + 50], vocabulary, ShortlistConfig(size=size),
+                              first_pass=small.forward_head) for i in range(0, tokens.shape[0], 50)]
+            logits = torch.cat([o.logits for o in outs])[:, :c]  # (N, 48)
+            mask = torch.cat([o.mask for o in outs])[:, :c]
+            rows[f"dm2 M={size} dm1 first pass mAP ratio"] = _map(logits, targets) / full_maps["dm2"]
+            rows[f"M={size} dm1 first pass recall"] = float(mask[targets.bool()].float().mean())
     return rows, {"heads": trained, "tokens": tokens, "vocabulary": vocabulary, "world": world}
 
 
@@ -201,6 +212,10 @@ def timing(state: dict, towers, sizes: list[int], batch: int, repeats: int, warm
 
     cases = {"full": lambda: head.forward_head(tokens, vocabulary)}
     cases |= {f"M={m}": (lambda m=m: shortlist(head, tokens, vocabulary, ShortlistConfig(size=m))) for m in sizes}
+    if "dm1" in state["heads"]:
+        small = state["heads"]["dm1"]
+        cases |= {f"M={m} dm1": (lambda m=m: shortlist(head, tokens, vocabulary, ShortlistConfig(size=m),
+                                                        first_pass=small.forward_head)) for m in sizes}
     cases |= {"tower+full": lambda: head.forward_head(features(), vocabulary)}
     cases |= {f"tower+M={m}": (lambda m=m: shortlist(head, features(), vocabulary, ShortlistConfig(size=m)))
               for m in sizes}
@@ -208,6 +223,7 @@ def timing(state: dict, towers, sizes: list[int], batch: int, repeats: int, warm
         times = interleaved_times(cases, repeats, warmup, desc="toy head")
     speed = {f"head M={m}": median_ratio(times, "full", f"M={m}") for m in sizes}
     speed |= {f"end-to-end M={m}": median_ratio(times, "tower+full", f"tower+M={m}") for m in sizes}
+    speed |= {f"head M={m} dm1": median_ratio(times, "full", f"M={m} dm1") for m in sizes if f"M={m} dm1" in times}
     return {"speedup": speed, "times": times, "batch": batch}
 
 
@@ -220,12 +236,16 @@ def paper_timing(k: int, sizes: list[int], batch: int, repeats: int, warmup: int
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(batch, towers.tokens_per_image, towers.embed_dim, generator=generator)  # (b, 50, 512)
     labels = F.normalize(torch.randn(k, towers.embed_dim, generator=generator), dim=-1)  # (k, 512)
+    small = ADDS(ADDSConfig(towers=towers.config, decoder=replace(decoder, num_layers=1)), towers=towers).eval()
     cases = {"full": lambda: head.forward_head(tokens, labels)}
     cases |= {f"M={m}": (lambda m=m: shortlist(head, tokens, labels, ShortlistConfig(size=m))) for m in sizes}
+    cases |= {f"M={m} one-layer": (lambda m=m: shortlist(head, tokens, labels, ShortlistConfig(size=m),
+                                                         first_pass=small.forward_head)) for m in sizes}
     with torch.inference_mode():
         times = interleaved_times(cases, repeats, warmup, desc="paper head")
-    return {"model": model, "decoder": decoder.__dict__, "k": k, "batch": batch, "times": times,
-            "speedup": {f"head M={m}": median_ratio(times, "full", f"M={m}") for m in sizes}}
+    speedup = {f"head M={m}": median_ratio(times, "full", f"M={m}") for m in sizes}
+    speedup |= {f"head M={m} one-layer": median_ratio(times, "full", f"M={m} one-layer") for m in sizes}
+    return {"model": model, "decoder": decoder.__dict__, "k": k, "batch": batch, "times": times, "speedup": speedup}
 
 
 def _cell(values: list[float], digits: int = 2) -> str:
@@ -253,6 +273,14 @@ def table(result: dict) -> str:
         lines.append(f"| {m} | {_cell(rows[f'M={m} oracle first pass recall'], 3)} "
                      f"| {_cell([100 * v for v in rows[f'dm2 M={m} oracle first pass mAP ratio']], 1)} % "
                      f"| {_cell(rows[f'dm2 M={m} vs full mean abs dlogit (shortlisted)'], 3)} |")
+    if f"dm2 M={result['sizes'][0]} dm1 first pass mAP ratio" in rows:
+        lines.append("")
+        lines.append("| M | one-layer first pass (dm1): recall | dm2 / full | toy head speed-up | paper head |")
+        lines.append("|---|---|---|---|---|")
+        for m in result["sizes"]:
+            lines.append(f"| {m} | {_cell(rows[f'M={m} dm1 first pass recall'], 3)} "
+                         f"| {_cell([100 * v for v in rows[f'dm2 M={m} dm1 first pass mAP ratio']], 1)} % "
+                         f"| {speed[f'head M={m} dm1']:.1f}x | {paper[f'head M={m} one-layer']:.1f}x |")
     lines.append("")
     lines.append(f"| reference (k = {result['k']}) | mAP |")
     lines.append("|---|---|")
