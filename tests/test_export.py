@@ -219,3 +219,14 @@ def test_cli_uses_the_trained_input_size_and_reports_failures(tiny_towers, tmp_p
     assert main(["export", str(out), "--checkpoint", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("adds export: error:") and "missing" in err[0]
+
+
+def test_cli_levels_without_a_size_take_the_smallest_size_that_has_them(tiny_towers, tmp_path, capsys):
+    checkpoint = _model(tiny_towers).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(checkpoint), "--levels", "0,1", "--no-verify"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["input_size"], meta["levels"], meta["max_abs_diff"]) == (64, [0, 1], None)
+    assert "not verified" in capsys.readouterr().out
+    assert main(["export", str(out), "--checkpoint", str(checkpoint), "--levels", "0,1", "--input-size", "32"]) == 2
+    assert "maximum level" in capsys.readouterr().err
