@@ -17,6 +17,8 @@ Examples::
 
     OMP_NUM_THREADS=1 python benchmarks/onnx_export.py --threads 1
     python benchmarks/onnx_export.py --quick      # tiny towers, seconds (what the smoke test runs)
+    OMP_NUM_THREADS=1 python benchmarks/onnx_export.py --threads 1 --sizes 448 --repeats 1 --profile \
+        --out benchmarks/results/onnx_export_profile.json   # where onnxruntime's time goes
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ class BenchConfig:
                    plans=((32, None), (64, None)), labels=7, batch=2, repeats=2, warmup=1)
 
 
-def run(config: BenchConfig, workdir: Path) -> dict:
-    """Export and time every plan of ``config`` (files go to ``workdir``) -> the JSON record."""
+def run(config: BenchConfig, workdir: Path, profile: bool = False) -> dict:
+    """Export and time every plan of ``config`` (files go to ``workdir``) -> the JSON record; ``profile`` adds
+    onnxruntime's own profile of one call per plan (:func:`ort_profile`)."""
     import onnxruntime
 
     towers = load_towers(TowerConfig(model=config.model, pretrained=None, seed=0))
@@ -101,6 +104,8 @@ def run(config: BenchConfig, workdir: Path) -> dict:
         times = interleaved_times({"torch": torch_call, "onnxruntime": ort_call}, config.repeats, config.warmup,
                                   desc=f"{size}px")
         ratio = 1.0 / median_ratio(times, "onnxruntime", "torch")  # throughput ratio = time(torch) / time(ort)
+        if profile:
+            rows_profile = ort_profile(path, feed)
         rows.append({
             "input_size": size,
             "levels": list(exported.levels),
@@ -115,9 +120,37 @@ def run(config: BenchConfig, workdir: Path) -> dict:
             "export_seconds": exported.seconds,
             "file_mb": path.stat().st_size / 2**20,
             "times": times,
+            **({"ort_profile": rows_profile} if profile else {}),
         })
     return {"environment": environment(), "onnxruntime": onnxruntime.__version__, "config": asdict(config),
             "rows": rows}
+
+
+def ort_profile(path: Path, feed: dict) -> dict:
+    """Share of kernel time per ONNX op type, and the five slowest nodes, in one profiled onnxruntime call."""
+    import json
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(["logits"], feed)  # warm-up, also profiled: both calls are summed, shares are what matters
+    session.run(["logits"], feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    by_node: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] = by_op.get(event["args"]["op_name"], 0.0) + event["dur"]
+            by_node[event["name"]] = by_node.get(event["name"], 0.0) + event["dur"]
+    total = sum(by_op.values()) or 1.0
+    shares = {op: t / total for op, t in sorted(by_op.items(), key=lambda item: -item[1])}
+    slowest = [name.removesuffix("_kernel_time") for name, _ in sorted(by_node.items(), key=lambda x: -x[1])[:5]]
+    return {"op_share": shares, "slowest_nodes": slowest}
 
 
 def exported_pyramid(model: ADDS, levels: tuple[int, ...]):
@@ -140,6 +173,12 @@ def table(result: dict) -> str:
             f"| {row['labels']} | {row['torch_images_per_s']:.2f} | {row['onnxruntime_images_per_s']:.2f} "
             f"| {row['onnxruntime_over_torch_throughput']:.2f}x | {row['max_abs_logit_diff']:.1e} |"
         )
+    for row in result["rows"]:
+        if "ort_profile" in row:
+            shares = list(row["ort_profile"]["op_share"].items())[:4]
+            top = ", ".join(f"{op} {100 * share:.0f} %" for op, share in shares)
+            lines.append(f"\nonnxruntime profile, {row['input_size']} px: {top}; slowest nodes: "
+                         + ", ".join(row["ort_profile"]["slowest_nodes"]))
     return "\n".join(lines)
 
 
@@ -157,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads and onnxruntime's threads")
     parser.add_argument("--quick", action="store_true", help="tiny towers and head, 2 rounds (seconds)")
+    parser.add_argument("--profile", action="store_true", help="add onnxruntime's per-op profile of each plan")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
     return parser
 
@@ -173,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                              plans=tuple((size, None) for size in args.sizes), labels=args.labels, batch=args.batch,
                              repeats=args.repeats, warmup=args.warmup)
     with tempfile.TemporaryDirectory(prefix="adds-onnx-") as workdir:
-        result = run(config, Path(workdir))
+        result = run(config, Path(workdir), profile=args.profile)
     write_result(result, table(result), args.out)
     return 0
 

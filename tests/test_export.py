@@ -198,3 +198,35 @@ def test_benchmark_script_runs_on_tiny_towers(tmp_path):
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [row["crops"] for row in rows] == [1, 5]
     assert all(row["max_abs_logit_diff"] <= 1e-4 and row["onnxruntime_images_per_s"] > 0 for row in rows)
+
+
+def test_cli_uses_the_trained_input_size_and_reports_failures(tiny_towers, tmp_path, capsys):
+    model = _model(tiny_towers)
+    checkpoint = model.save_pretrained(tmp_path / "ckpt")
+    (checkpoint / "training.json").write_text(json.dumps({"input_size": 64}))
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(checkpoint)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["input_size"], meta["levels"], meta["crops"]) == (64, [0, 1], 5)
+    assert not out.with_suffix(".labels.npy").exists()  # no --labels and no labels.txt
+    capsys.readouterr()
+
+    # A tolerance no float computation meets: the file is written, the check fails, exit 1 with one line.
+    assert main(["export", str(out), "--checkpoint", str(checkpoint), "--tolerance", "1e-30"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from PyTorch" in err[0] and out.is_file()
+
+    assert main(["export", str(out), "--checkpoint", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adds export: error:") and "missing" in err[0]
+
+
+def test_cli_levels_without_a_size_take_the_smallest_size_that_has_them(tiny_towers, tmp_path, capsys):
+    checkpoint = _model(tiny_towers).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--checkpoint", str(checkpoint), "--levels", "0,1", "--no-verify"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["input_size"], meta["levels"], meta["max_abs_diff"]) == (64, [0, 1], None)
+    assert "not verified" in capsys.readouterr().out
+    assert main(["export", str(out), "--checkpoint", str(checkpoint), "--levels", "0,1", "--input-size", "32"]) == 2
+    assert "maximum level" in capsys.readouterr().err

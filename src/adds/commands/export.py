@@ -62,7 +62,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="side S of the images the graph takes (default: the head's trained size from "
                         "training.json, else the tower's size; the CLIP baseline resizes it to its one view)")
     parser.add_argument("--levels", metavar="0,1,...",
-                        help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7)")
+                        help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); without "
+                        "--input-size the size grows to the smallest that has them, as in adds tag")
     parser.add_argument("--labels", action="append", metavar="WORDS|FILE",
                         help="also write these labels' embeddings as OUT.labels.npy (k, D) and OUT.labels.txt "
                         "(comma-separated words or a label file, as in adds tag; may be repeated; default: the "
@@ -114,8 +115,15 @@ def _export(args: argparse.Namespace, levels: tuple[int, ...] | None) -> int:
         if args.checkpoint is None and levels is not None:
             logger.warning("the CLIP baseline scores one %d px view: --levels is ignored", model.towers.image_size)
             levels = None
-        config = ExportConfig(input_size=args.input_size or trained_size, levels=levels, opset=args.opset,
-                              verify=not args.no_verify, tolerance=args.tolerance)
+        size = args.input_size
+        if args.checkpoint is not None:  # the plan adds tag would use (adds.tagger.plan)
+            from adds.tagger.plan import input_plan
+
+            plan = input_plan(model.towers.image_size, model.config.pyramid.levels, trained_size,
+                              input_size=args.input_size, levels=levels)
+            size, levels = plan.input_size, plan.levels
+        config = ExportConfig(input_size=size, levels=levels, opset=args.opset, verify=not args.no_verify,
+                              tolerance=args.tolerance)
         result = export_onnx(model, args.output, config)
     except RuntimeError as error:  # written, but onnxruntime disagrees with PyTorch
         print(f"adds export: {error}", file=sys.stderr)
