@@ -84,7 +84,7 @@ class ShortlistConfig:
 
 #: The shortlist a tagger should use when the user does not choose: ``None`` (off). Measured on the toy world with
 #: the 4,585 everyday tags as distractors (``benchmarks/shortlist.py``; docs/performance.md, "Issue 12.6:
-#: shortlist"): every M fast enough for the >= 10x goal (M <= 256: 16x on the head) keeps only 84 +- 5 % of full
+#: shortlist"): every M fast enough for the >= 10x goal (M <= 256: 18x on the head) keeps only 84 +- 5 % of full
 #: decoding's mAP (goal >= 99 %), so shortlisting is an explicit opt-in for vocabularies where speed matters more.
 DEFAULT_SHORTLIST: ShortlistConfig | None = None
 
