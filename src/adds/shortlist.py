@@ -32,7 +32,10 @@ measures how much (and how much the full call itself differs from a call with th
 layer, or with the ML-Decoder, shortlisted logits equal the full call's.
 
 Whether to shortlist by default is decided by that measurement: :data:`DEFAULT_SHORTLIST` (see
-``docs/performance.md``, "Issue 12.6: shortlist").
+``docs/performance.md``, "Issue 12.6: shortlist"). A caller that has ``tokens = model.forward_features(images)``
+and ``embeddings = model.encode_labels(labels)`` replaces ``model.forward_head(tokens, embeddings)`` by
+``shortlist_logits(model, tokens, embeddings, ShortlistConfig(size=M))``; the result has the same shape and label
+order, so thresholds and top-k work unchanged.
 """
 
 from __future__ import annotations
