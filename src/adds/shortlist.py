@@ -32,7 +32,10 @@ measures how much (and how much the full call itself differs from a call with th
 layer, or with the ML-Decoder, shortlisted logits equal the full call's.
 
 Whether to shortlist by default is decided by that measurement: :data:`DEFAULT_SHORTLIST` (see
-``docs/performance.md``, "Issue 12.6: shortlist").
+``docs/performance.md``, "Issue 12.6: shortlist"). A caller that has ``tokens = model.forward_features(images)``
+and ``embeddings = model.encode_labels(labels)`` replaces ``model.forward_head(tokens, embeddings)`` by
+``shortlist_logits(model, tokens, embeddings, ShortlistConfig(size=M))``; the result has the same shape and label
+order, so thresholds and top-k work unchanged.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class ShortlistConfig:
 
 #: The shortlist a tagger should use when the user does not choose: ``None`` (off). Measured on the toy world with
 #: the 4,585 everyday tags as distractors (``benchmarks/shortlist.py``; docs/performance.md, "Issue 12.6:
-#: shortlist"): every M fast enough for the >= 10x goal (M <= 256: 16x on the head) keeps only 84 +- 5 % of full
+#: shortlist"): every M fast enough for the >= 10x goal (M <= 256: 18x on the head) keeps only 84 +- 5 % of full
 #: decoding's mAP (goal >= 99 %), so shortlisting is an explicit opt-in for vocabularies where speed matters more.
 DEFAULT_SHORTLIST: ShortlistConfig | None = None
 
