@@ -33,6 +33,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -45,10 +46,12 @@ from _common import environment, interleaved_times, median_ratio, write_result  
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from adds.data.base import SquashResize
+from adds.data.images import image_to_tensor, open_image
 from adds.model import ADDS, ADDSConfig
 from adds.pyramid import PyramidConfig
 from adds.tagger import CLIPBaseline, Tagger, TaggerConfig
-from adds.tagger.decode import squash_image
+from adds.tagger.decode import pixels_of, squash_image
 from adds.towers import TowerConfig, load_towers
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "decode_overlap.json"
@@ -127,6 +130,37 @@ def decode_processes(tagger: Tagger, paths: list[Path], workers: int, batch: int
     return sum(len(items) for items in loader)
 
 
+def _pixel_count(path: Path) -> int:
+    with Image.open(path) as image:
+        return image.size[0] * image.size[1]
+
+
+def stage_times(path: Path, size: int, repeats: int = 5) -> dict:
+    """Milliseconds of each step of squashing one image: decode, float conversion (NumPy's, the tagger's), float
+    resize (the exact path), and the 8-bit resize of ``--fast-decode`` (median of ``repeats``)."""
+    image = open_image(path)
+    pixels = image_to_tensor(image)
+    values = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8, channels-last
+    steps = {
+        "PIL decode": lambda: open_image(path),
+        "float conversion, NumPy (image_to_tensor)": lambda: image_to_tensor(image),
+        "float conversion, tagger (pixels_of)": lambda: pixels_of(image),
+        "float resize (SquashResize)": lambda: SquashResize(size)(pixels),
+        "8-bit resize (--fast-decode)": lambda: F.interpolate(values, size=(size, size), mode="bicubic",
+                                                               antialias=True),
+    }
+    out = {}
+    for name, step in steps.items():
+        step()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            samples.append(1e3 * (time.perf_counter() - start))
+        out[name] = statistics.median(samples)
+    return {"image": list(image.size), "ms": out}
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict:
     paths = make_jpegs(folder, args.images)
     towers = load_towers(TowerConfig(model=args.model, pretrained=None))
@@ -173,7 +207,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict:
         "decode_tagger_vs_hand_written": median_ratio(times, "hand-written decode only", "decode only, processes"),
     }
     if args.decode_only:
-        return result
+        largest = max(paths, key=_pixel_count)
+        return result | {"stages": stage_times(largest, adds.plan.input_size)}
     return result | {
         "tag_vs_model_only": median_ratio(times, "model only", "tag path"),
         "baseline_vs_hand_written": median_ratio(times, "hand-written loop", "baseline tag path"),
@@ -195,6 +230,10 @@ def table(result: dict) -> str:
               f"| decode only: fast / exact decode, threads (throughput) | {part['decode_fast_vs_exact']:.2f}x | |",
               f"| decode only: tagger / open_clip preprocessing, processes (throughput) | "
               f"{100 * part['decode_tagger_vs_hand_written']:.1f} % | |"]
+    if "stages" in part:
+        stages = part["stages"]
+        lines += ["", f"one {stages['image'][0]}x{stages['image'][1]} JPEG, ms: "
+                  + ", ".join(f"{name} {ms:.1f}" for name, ms in stages["ms"].items())]
     if "tag_vs_model_only" not in part:
         return "\n".join(lines)
     lines += [f"| tag path / model only (throughput) | {100 * part['tag_vs_model_only']:.1f} % | >= 90 % |",
