@@ -206,6 +206,11 @@ def run(args: argparse.Namespace, folder: Path) -> dict:
         "decode_fast_vs_exact": median_ratio(times, "decode only, threads", "decode only, threads, fast decode"),
         "decode_tagger_vs_hand_written": median_ratio(times, "hand-written decode only", "decode only, processes"),
     }
+    sample = paths[:16]  # scores of the exact vs the --fast-decode pixels (ADDS head and CLIP baseline)
+    result["fast_decode_max_score_diff"] = {
+        "adds": float((adds.scores(sample) - adds_fast.scores(sample)).abs().max()),
+        "baseline": float((baseline.scores(sample) - baseline_fast.scores(sample)).abs().max()),
+    }
     if args.decode_only:
         largest = max(paths, key=_pixel_count)
         return result | {"stages": stage_times(largest, adds.plan.input_size)}
@@ -230,6 +235,9 @@ def table(result: dict) -> str:
               f"| decode only: fast / exact decode, threads (throughput) | {part['decode_fast_vs_exact']:.2f}x | |",
               f"| decode only: tagger / open_clip preprocessing, processes (throughput) | "
               f"{100 * part['decode_tagger_vs_hand_written']:.1f} % | |"]
+    if "fast_decode_max_score_diff" in part:
+        lines += ["", "largest score difference, --fast-decode vs exact (16 images): "
+                  + ", ".join(f"{name} {diff:.1e}" for name, diff in part["fast_decode_max_score_diff"].items())]
     if "stages" in part:
         stages = part["stages"]
         lines += ["", f"one {stages['image'][0]}x{stages['image'][1]} JPEG, ms: "

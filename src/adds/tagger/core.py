@@ -79,7 +79,7 @@ class TaggerConfig:
             refused); on a GPU, bf16/fp16 run the tower and head under ``torch.autocast``. Label embeddings are
             computed in float32 and scores are float32 whatever the precision.
         fast_decode: squash 8-bit image files in 8 bits before the float conversion (:mod:`adds.tagger.decode`):
-            several times cheaper for photos larger than the input size, pixels within 2/255 of the exact path
+            ~2x cheaper decoding of photos larger than the input size, pixels within 2/255 of the exact path
             (the one ``adds eval``, training and tensor inputs take). ``False`` (default): the exact pixels.
     """
 
