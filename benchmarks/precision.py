@@ -175,6 +175,28 @@ def run_toy(args: argparse.Namespace) -> dict:
     return result
 
 
+def gemm_probe(repeats: int) -> dict:
+    """GFLOP/s of one ``linear`` of a ViT-B MLP shape (400 x 768 -> 3072) in fp32, bf16 and fp16 weights+inputs."""
+    a, w = torch.randn(400, 768), torch.randn(3072, 768)
+    tensors = {name: (a.to(dtype), w.to(dtype)) for name, dtype in
+               (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))}
+    cases = {name: (lambda x=x, y=y: torch.nn.functional.linear(x, y)) for name, (x, y) in tensors.items()}
+    times = interleaved_times(cases, repeats=repeats * 10, warmup=2, desc="gemm")
+    return {name: 2 * 400 * 768 * 3072 / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
+def profile_shapes(model: ADDS, images: torch.Tensor, labels: torch.Tensor, rows: int = 3) -> list[dict]:
+    """Top operators (with input shapes) of one forward under ``torch.autocast("cpu", bfloat16)``."""
+    from torch.profiler import profile
+
+    forward(model, images, labels, images.shape[0], autocast=True)
+    with profile(record_shapes=True) as prof:
+        forward(model, images, labels, images.shape[0], autocast=True)
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "shapes": str(e.input_shapes), "share": e.self_cpu_time_total / total} for e in events[:rows]]
+
+
 def run_vit(args: argparse.Namespace) -> dict:
     towers = load_towers(TowerConfig(model=args.vit_model, pretrained=None))
     model = ADDS(ADDSConfig(pyramid=PyramidConfig(levels=(0,))), towers=towers).eval()  # the paper's 6-layer head
@@ -185,6 +207,8 @@ def run_vit(args: argparse.Namespace) -> dict:
     models = variants(model)
     result = measure(models, images, labels, args.vit_batch, args.repeats, args.vit_model)
     result["model"] = args.vit_model
+    result["autocast_profile"] = profile_shapes(model, images, labels)
+    result["gemm_gflops_per_s"] = gemm_probe(args.repeats)
     return result
 
 
@@ -202,6 +226,12 @@ def table(result: dict) -> str:
             same_set = "" if agree is None else f"{100 * agree['top5_same_set']:.1f} %"
             same_order = "" if agree is None else f"{100 * agree['top5_same_order']:.1f} %"
             lines.append(f"| {title} | {name} | {rate:.1f} | {speed} | {same_set} | {same_order} |")
+    if "vit" in result:
+        vit = result["vit"]
+        lines += ["", "GEMM 400x768x3072 GFLOP/s: " + ", ".join(f"{n} {v:.0f}" for n, v in
+                                                             vit["gemm_gflops_per_s"].items()),
+                  "ViT bf16-autocast profile: " + ", ".join(f"{op['op']} {op['shapes']} {100 * op['share']:.0f} %"
+                                                            for op in vit["autocast_profile"])]
     split = result["toy"]["split"]
     lines += ["", f"toy world, where the time goes: head = {100 * split['head_share_fp32']:.0f} % of the fp32 forward; "
               f"bf16 speeds the tower up {split['tower_speedup']:.2f}x, the (fp32) head {split['head_speedup']:.2f}x"]

@@ -45,7 +45,7 @@ def test_precision_toy_world_and_table(tmp_path):
 
 def test_decode_overlap_runs_every_case(tmp_path):
     bench = _load("decode_overlap")
-    args = argparse.Namespace(images=4, model=TINY_MODEL, labels=3, batch=2, workers=1,
+    args = argparse.Namespace(images=4, model=TINY_MODEL, labels=3, batch=2, workers=1, decode_only=False,
                                                          repeats=1)
     result = {"environment": {"torch_threads": 1}, "run": bench.run(args, tmp_path / "jpegs")}
     json.dumps(result)

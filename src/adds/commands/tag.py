@@ -286,7 +286,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     out.add_argument("--workers", type=int, default=2, metavar="N",
                      help="threads decoding images ahead of the model, overlapping it (0 = none; default: %(default)s)")
     out.add_argument("--fast-decode", action="store_true",
-                     help="squash 8-bit images in 8 bits before converting them to float: several times cheaper "
+                     help="squash 8-bit images in 8 bits before converting them to float: about 2x cheaper "
                      "for large photos on a busy CPU; pixels within 2/255 of the default exact path (the one "
                      "adds eval uses), so scores move by ~1e-4")
     out.add_argument("--progress", choices=("auto", "on", "off"), default="auto",

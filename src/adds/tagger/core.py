@@ -84,7 +84,7 @@ class TaggerConfig:
             label, see docs/performance.md for what it costs and changes. Not combined with the open-vocabulary
             mode (an error; use ``open_vocabulary=False``). Ignored by the CLIP baseline (it has no head).
         fast_decode: squash 8-bit image files in 8 bits before the float conversion (:mod:`adds.tagger.decode`):
-            several times cheaper for photos larger than the input size, pixels within 2/255 of the exact path
+            ~2x cheaper decoding of photos larger than the input size, pixels within 2/255 of the exact path
             (the one ``adds eval``, training and tensor inputs take). ``False`` (default): the exact pixels.
     """
 

@@ -5,17 +5,17 @@ The decode runs in the tagger's ``--workers`` threads while the model scores the
 exactly those of :func:`~adds.data.images.load_image` + :class:`~adds.data.base.SquashResize` (the path ``adds eval``
 and training take, and the tagger's tensor inputs): only the 8-bit RGB / grayscale to float conversion is done with
 one copy into a preallocated float tensor and an in-place division, instead of NumPy's three full-size passes (the
-same float32 values, bit for bit, tested; about half the conversion time of a 1920x1080 photo). Every other mode
+same float32 values, bit for bit, tested; a third of the conversion time of a 1920x1080 photo). Every other mode
 (alpha, 16-bit, float, palette, CMYK, ...) goes through :func:`~adds.data.images.image_to_tensor`'s rules. Errors are
 :func:`~adds.data.images.load_image`'s (:class:`~adds.data.images.ImageLoadError` naming the file).
 
 ``fast=True`` (``TaggerConfig.fast_decode``, ``adds tag --fast-decode``) trades that exactness for speed on a busy
 CPU: an 8-bit RGB / grayscale image at least as large as the plan's size is squashed *in 8 bits* (torch's
 antialiased bicubic on ``uint8``, the same filter, on the image's own channels-last layout) and only the small
-result becomes float. A 1920x1080 JPEG's resize then costs ~6 ms instead of ~26 ms of float conversion plus ~34 ms
-of float resize; the pixels differ from the exact path's by the 8-bit rounding (mean 0.3/255, at most 2/255,
-measured), so scores move by ~10^-4. Smaller images are enlarged on the exact path (in 8 bits, bicubic's overshoot
-would be clipped: up to 16/255).
+result becomes float. A 1920x1080 JPEG's squash then costs 1.7 ms instead of 10.4 ms of float conversion plus
+14.0 ms of float resize (``benchmarks/decode_overlap.py --decode-only``); the pixels differ from the exact path's by
+the 8-bit rounding (mean 0.3/255, at most 2/255), so scores move by a few 10^-4. Smaller images are enlarged on the
+exact path (in 8 bits, bicubic's overshoot would be clipped: up to 16/255).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ What each value does (see docs/tagging.md and docs/performance.md, item 12.3, fo
   float32. It needs a CPU with native bfloat16 (AVX512-BF16 or AMX; :func:`cpu_supports_bf16`); elsewhere it is
   refused, since emulated bfloat16 is slower than float32. The weights are cast rather than run under
   ``torch.autocast`` because autocast turns off ``nn.MultiheadAttention``'s fused inference path in open_clip's
-  towers, and the unfused path copies the attention weights once per token (2.6x *slower* than fp32 on ViT-B-32).
-  The head stays float32 because a bfloat16 head changed the top-5 tags of a fifth of the toy world's images,
-  the bfloat16 tower of 1-2 % (``benchmarks/precision.py``, docs/performance.md item 12.3).
+  towers, and the unfused path copies the attention weights once per token (0.33x the fp32 speed on ViT-B-32).
+  The head stays float32 because casting it too lowered the toy world's top-5 agreement with fp32 from 97.5 % to
+  93.0 % of the images (``benchmarks/precision.py``, docs/performance.md item 12.3).
 * ``bf16`` / ``fp16`` on a CUDA GPU: ``torch.autocast`` with that dtype around the image path (the mixed precision
   training and ``adds eval`` already use on GPUs); the weights stay float32. ``fp16`` needs CUDA: on a CPU it is
   refused (no faster than fp32 on x86 without AMX-FP16, measured: see ``benchmarks/precision.py``).
