@@ -1,9 +1,10 @@
 """How well do thresholds transfer to words without labels? Measured on the toy world (docs/calibration.md).
 
-Per seed: toy-world scenes split into train / calibration / test; an ADDS head trained on the 36 *seen* concepts
+Per seed: toy-world v2 scenes split into train / calibration / test; an ADDS head trained on the 87 *seen* labels
 (the toy zero-shot setting, ``adds toyworld``'s Table 2 head) and the training-free toy-CLIP baseline (the
-tagger's score, ``sigmoid(s * (cos(image, label) - cos(image, "a photo")))``). The 12 *unseen* concepts play the
-open-vocabulary words: no labels of theirs are used except by the oracles. On the test split, unseen labels:
+tagger's score, ``sigmoid(s * (cos(image, label) - cos(image, "a photo")))``). The 73 *unseen* labels (U_comb and
+U_word together) play the open-vocabulary words: no labels of theirs are used except by the oracles. On the test
+split, unseen labels:
 
 * ``fixed 0.5``: the paper's threshold.
 * ``global`` / ``quantile`` / ``zscore``: a label-free rule (:mod:`adds.calibration.transfer`) fitted on the seen
@@ -41,9 +42,9 @@ from adds.calibration.transfer import RULES
 from adds.metrics import threshold_metrics
 from adds.prompts import LabelEmbedder
 from adds.tagger.baseline import CLIPBaseline
-from adds.toyworld.experiments import ToyWorldConfig, _features, _scores, _train_head, _World
-from adds.toyworld.scenes import VOCABULARY, render_scenes
-from adds.toyworld.tinyclip import load_toy_towers
+from adds.toyworld.lab import LabConfig, features, head_logits, train_head
+from adds.toyworld.toyclip import load_toy_towers
+from adds.toyworld.world import VOCABULARY, render_scenes
 
 ORACLE = "oracle (labelled calibration)"
 UPPER = "oracle (test, upper bound)"
@@ -83,28 +84,29 @@ def evaluate_scorer(seen: dict[str, np.ndarray], unseen: dict[str, np.ndarray], 
 def skewed_pool() -> list[int]:
     """Concept indices repeated 1, 2, 4 or 8 times (a fixed shuffle): objects drawn from this pool make the most
     frequent concepts 8x as frequent as the rarest (the toy world's own scenes draw every concept equally)."""
-    order = torch.randperm(len(VOCABULARY), generator=torch.Generator().manual_seed(77)).tolist()
+    order = torch.randperm(VOCABULARY.num_concepts, generator=torch.Generator().manual_seed(77)).tolist()
     return [concept for rank, concept in enumerate(order) for _ in range(2 ** (rank % 4))]
 
 
-def run_seed(config: ToyWorldConfig, seed: int, calibration_scenes: int, min_positives: int,
+def run_seed(config: LabConfig, seed: int, calibration_scenes: int, min_positives: int,
              skewed: bool = False) -> dict:
     towers = load_toy_towers(0)
     generator = torch.Generator().manual_seed(5000 + seed)
     sizes = (config.train_scenes, calibration_scenes, config.test_scenes)
     pool = skewed_pool() if skewed else None
-    images, targets = render_scenes(sum(sizes), generator, config.scene, concept_pool=pool)
-    tokens = _features(towers, images)  # (N, T, D)
+    scenes = render_scenes(sum(sizes), generator, config.scene, concept_pool=pool)
+    targets = scenes.targets
+    tokens = features(towers, scenes.images)  # (N, T, D)
     parts = torch.split(torch.arange(sum(sizes)), list(sizes))
     train, cal, test = parts
-    seen, unseen = VOCABULARY.zero_shot_split()
-    labels = LabelEmbedder(towers)(VOCABULARY.concepts)  # (48, D)
-    world = _World(towers, tokens[train], targets[train], tokens[test], targets[test], labels, seen, unseen)
-    head = _train_head(world, tokens[train], targets[train][:, seen], labels[seen], config, seed)
+    splits = VOCABULARY.splits()
+    seen, unseen = splits.seen, splits.u_comb + splits.u_word
+    labels = LabelEmbedder(towers)(VOCABULARY.labels)  # (160, D)
+    head = train_head(towers, tokens[train], targets[train][:, seen], labels[seen], config, seed)
     baseline = CLIPBaseline(towers)
     pooled = F.normalize(tokens[:, 0].float(), dim=-1)  # (N, D) class token = CLIP image embedding
     with torch.no_grad():
-        clip_scores = baseline.forward_head(pooled, baseline.encode_labels(VOCABULARY.concepts)).sigmoid()
+        clip_scores = baseline.forward_head(pooled, baseline.encode_labels(VOCABULARY.labels)).sigmoid()
 
     def split(score_fn, columns) -> dict[str, np.ndarray]:
         out = {}
@@ -114,13 +116,13 @@ def run_seed(config: ToyWorldConfig, seed: int, calibration_scenes: int, min_pos
         return out
 
     def adds_scores(rows, columns):  # the model runs on the seen or the unseen label list, as in zero-shot
-        return _scores(head, tokens[rows], labels[columns])
+        return head_logits(head, tokens[rows], labels[columns]).sigmoid()
 
     def clip(rows, columns):
         return clip_scores[rows][:, columns]
 
     result = {}
-    for name, score_fn in (("ADDS head (trained on 36 seen)", adds_scores), ("toy CLIP, no training", clip)):
+    for name, score_fn in (("ADDS head (trained on 87 seen)", adds_scores), ("toy CLIP, no training", clip)):
         result[name] = evaluate_scorer(split(score_fn, seen), split(score_fn, unseen), min_positives)
     return result
 
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration_transfer.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = ToyWorldConfig(train_scenes=1200, test_scenes=500)
+    config = LabConfig(train_scenes=1200, test_scenes=500)
     calibration_scenes = 500
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     if args.quick:

@@ -1,21 +1,22 @@
 """The open-vocabulary mode on the toy world (issue 9.6): head vs training-free cosine vs their fitted mix.
 
-Per seed (toy world of ``src/adds/toyworld``, 36 seen / 12 unseen concepts, the quick run's sizes):
+Per seed (toy world v2 of ``src/adds/toyworld``: 87 seen labels, unseen sets U_comb (24) and U_word (49), the
+quick run's sizes):
 
-1. the ADDS head of Table 2 is trained on the 36 seen concepts (``_train_head``, the toy world's recipe);
-2. a *fold* head is trained the same way without 9 of the seen concepts (``--held-out``), which play the new words;
-3. on separate validation scenes, the fold head's logits (all 36 seen concepts in one call) and the class-token
-   cosine give the fit data: :func:`adds.openvocab.fit_combiner` picks the prior's weight on the 9 held-out
-   concepts, then Platt-scales the mix;
+1. the ADDS head of Table 2 is trained on the 87 seen labels (``adds.toyworld.lab.train_head``);
+2. a *fold* head is trained the same way without 20 of the seen labels (``--held-out``), which play the new words;
+3. on the validation scenes, the fold head's logits (all 87 seen labels in one call) and the class-token
+   cosine give the fit data: :func:`adds.openvocab.fit_combiner` picks the prior's weight on the 20 held-out
+   labels, then Platt-scales the mix;
 4. on the test scenes the open-vocabulary rule (seen words: the head's logit; others: the combiner) is scored with
-   all 48 concepts in one call (``call=all``) and with the 12 unseen ones alone (``call=unseen``, Table 2's call).
+   all 160 labels in one call (``call=all``) and with each unseen set alone (``call=U_comb`` / ``call=U_word``).
 
 Rows (mAP %, mean ± std over seeds; every seed's value is in the JSON): the plain head, the cosine, the
 standardised cosine alone, the mix with the weight fitted on held-out seen labels (per-image and global
 standardisation), the mix with the weight fitted on the *main* head's seen labels (biased: the head was trained on
 them), and the oracle weight chosen on the test's unseen labels (an upper bound, not a method).
 
-    OMP_NUM_THREADS=1 python benchmarks/open_vocab.py                  # 3 seeds, ~6 min on one core
+    OMP_NUM_THREADS=1 python benchmarks/open_vocab.py                  # 3 seeds, a few minutes on one core
 """
 
 from __future__ import annotations
@@ -34,53 +35,51 @@ from _common import environment  # noqa: E402
 
 from adds.metrics import mean_average_precision  # noqa: E402
 from adds.openvocab import Combiner, OpenVocabulary, fit_combiner, prior_cosine  # noqa: E402
-from adds.toyworld.experiments import ToyWorldConfig, _build_world, _features, _train_head  # noqa: E402
-from adds.toyworld.scenes import VOCABULARY, render_scenes  # noqa: E402
-from adds.toyworld.tinyclip import load_toy_towers  # noqa: E402
-
-
-@torch.no_grad()
-def head_logits(head, tokens: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([head.forward_head(tokens[i:i + batch], labels).float() for i in range(0, len(tokens), batch)])
+from adds.toyworld.lab import LabConfig, build_seed, head_logits, train_head  # noqa: E402
+from adds.toyworld.toyclip import load_toy_towers  # noqa: E402
+from adds.toyworld.world import VOCABULARY  # noqa: E402
 
 
 def _map(scores: torch.Tensor, targets: torch.Tensor) -> float:
     return 100 * mean_average_precision(scores, targets)
 
 
-def run_seed(seed: int, config: ToyWorldConfig, held_out: int, val_scenes: int, towers) -> dict:
-    world = _build_world(config, seed, towers)
-    seen, unseen = world.seen, world.unseen
-    labels = world.aligned_labels  # (48, D)
-    names = VOCABULARY.concepts
+def run_seed(seed: int, config: LabConfig, held_out: int, towers) -> dict:
+    world = build_seed(config, seed, towers)
+    splits = VOCABULARY.splits()
+    seen = splits.seen
+    labels = world.labels  # (160, D)
+    names = VOCABULARY.labels
     tpc = towers.tokens_per_image
     order = torch.randperm(len(seen), generator=torch.Generator().manual_seed(7000 + seed)).tolist()
     pseudo = sorted(seen[i] for i in order[:held_out])
     fold_seen = [c for c in seen if c not in pseudo]
 
-    head = _train_head(world, world.train_tokens, world.train_targets[:, seen], labels[seen], config, seed)
-    fold = _train_head(world, world.train_tokens, world.train_targets[:, fold_seen], labels[fold_seen], config,
-                       seed)
-    val_images, val_targets = render_scenes(val_scenes, torch.Generator().manual_seed(6000 + seed), config.scene)
-    val_tokens = _features(towers, val_images)
+    head = train_head(towers, world.train_tokens, world.train_targets[:, seen], labels[seen], config, seed)
+    fold = train_head(towers, world.train_tokens, world.train_targets[:, fold_seen], labels[fold_seen], config, seed)
+    val_tokens, val_targets = world.val_tokens, world.val_targets
 
-    # Fit data: the fold head scores all 36 seen concepts in one call; the 9 it never saw are the "new" ones.
-    fit_h = head_logits(fold, val_tokens, labels[seen])  # (V, 36)
-    fit_p = prior_cosine(val_tokens, labels[seen], tpc)  # (V, 36)
+    # Fit data: the fold head scores all 87 seen labels in one call; the 20 it never saw are the "new" ones.
+    fit_h = head_logits(fold, val_tokens, labels[seen])  # (V, 87)
+    fit_p = prior_cosine(val_tokens, labels[seen], tpc)  # (V, 87)
     fit_t = val_targets[:, seen]
     new = torch.tensor([c in pseudo for c in seen])
     combiners = {mode: fit_combiner(fit_h, fit_p, fit_t, new, mode) for mode in ("image", "global")}
-    # The biased fit: the main head's scores on seen labels it was trained on, all 36 "new".
+    # The biased fit: the main head's scores on seen labels it was trained on, all 87 "new".
     biased = fit_combiner(head_logits(head, val_tokens, labels[seen]), fit_p, fit_t,
                           torch.ones(len(seen), dtype=torch.bool), "image")
 
     rows: dict[str, float] = {}
-    for call_name, call in (("all", list(range(len(names)))), ("unseen", unseen)):
+    calls = [("all", list(range(len(names))), "U_comb", splits.u_comb), ("all", list(range(len(names))), "U_word",
+             splits.u_word), ("U_comb", splits.u_comb, "U_comb", splits.u_comb),
+             ("U_word", splits.u_word, "U_word", splits.u_word)]
+    for call_name, call, unseen_name, unseen in calls:
         h = head_logits(head, world.test_tokens, labels[call])  # (N, k)
         p = prior_cosine(world.test_tokens, labels[call], tpc)  # (N, k)
         t = world.test_targets[:, call]
         is_unseen = torch.tensor([c in unseen for c in call])
-        is_seen = ~is_unseen
+        is_seen = torch.tensor([c in seen for c in call])
+        call_name = f"{call_name} {unseen_name}"
         ov = OpenVocabulary(vocabulary=tuple(names[c] for c in seen), combiner=combiners["image"])
         call_names = [names[c] for c in call]
         rows[f"call={call_name} unseen: head"] = _map(h[:, is_unseen], t[:, is_unseen])
@@ -101,8 +100,9 @@ def run_seed(seed: int, config: ToyWorldConfig, held_out: int, val_scenes: int, 
             oracle = max(_map(Combiner(prior_weight=w / 40, standardise=mode, **stats).mix(h, p)[:, is_unseen],
                               t[:, is_unseen]) for w in range(41))
             rows[f"call={call_name} unseen: oracle weight, {mode} z (upper bound)"] = oracle
-        if bool(is_seen.any()):
+        if bool(is_seen.any()) and unseen_name == "U_comb":
             final = ov.logits(h, p, call_names)
+            call_name = call_name.split()[0]
             rows[f"call={call_name} seen: head"] = _map(h[:, is_seen], t[:, is_seen])
             rows[f"call={call_name} seen: open-vocab"] = _map(final[:, is_seen], t[:, is_seen])
             rows[f"call={call_name} seen: cosine"] = _map(p[:, is_seen], t[:, is_seen])
@@ -113,20 +113,19 @@ def run_seed(seed: int, config: ToyWorldConfig, held_out: int, val_scenes: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--held-out", type=int, default=9, help="seen concepts the fold head is trained without")
-    parser.add_argument("--val-scenes", type=int, default=300)
-    parser.add_argument("--full", action="store_true", help="the full run's sizes (1200 train / 500 test scenes)")
+    parser.add_argument("--held-out", type=int, default=20, help="seen labels the fold head is trained without")
+    parser.add_argument("--full", action="store_true", help="the full run's sizes (1600 train / 600 test scenes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "open_vocab.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    config = ToyWorldConfig() if args.full else ToyWorldConfig.quick()
+    config = LabConfig() if args.full else LabConfig.quick()
     towers = load_toy_towers(0)
     start = time.perf_counter()
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = run_seed(seed, config, args.held_out, args.val_scenes, towers)
+        per_seed[seed] = run_seed(seed, config, args.held_out, towers)
         print(f"seed {seed}: prior weights {per_seed[seed]['prior_weight']} ({time.perf_counter() - start:.0f}s)",
               flush=True)
     rows = {name: [per_seed[s]["rows"][name] for s in seeds] for name in per_seed[seeds[0]]["rows"]}

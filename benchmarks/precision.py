@@ -2,9 +2,9 @@
 
 Two models, each measured in one run with the cases interleaved (:func:`_common.interleaved_times`):
 
-* **toy world** (the goal's setting): the frozen toy CLIP (``adds.toyworld``, 32 px, committed weights) with an ADDS
-  head (DM-decoder x2) trained here for a few epochs with ASL on toy-world scenes (conventional setting, all 48
-  concepts). Reported: forward throughput fp32 vs bf16 and the fraction of held-out toy-world scenes whose top-5
+* **toy world** (the goal's setting): the frozen toy CLIP (``adds.toyworld`` v2, 48 px, committed weights) with an ADDS
+  head (DM-decoder x2) trained here for a few epochs with ASL on toy-world scenes (conventional setting, all 160
+  labels). Reported: forward throughput fp32 vs bf16 and the fraction of held-out toy-world scenes whose top-5
   tags are identical (as a set, and in the same order) between fp32 and bf16.
 * **ViT-B-32** (what ``adds tag`` users run; random weights, since nothing can be downloaded here): the paper's head
   (six DM-decoder layers) at 224 px with k = 80 labels; throughput only (random weights give no meaningful tags).
@@ -40,11 +40,11 @@ from adds.prompts import LabelEmbedder
 from adds.pyramid import PyramidConfig
 from adds.tagger.precision import InferencePrecision, cpu_supports_bf16
 from adds.towers import TowerConfig, load_towers
-from adds.toyworld.scenes import VOCABULARY, SceneConfig, render_scenes
-from adds.toyworld.tinyclip import load_toy_towers
+from adds.toyworld.toyclip import load_toy_towers
+from adds.toyworld.world import VOCABULARY, SceneConfig, render_scenes
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "precision.json"
-TOY_SCENE = SceneConfig(size=32, grid=2, max_objects=3, min_scale=0.15, max_scale=0.22)  # the toy world's scenes
+TOY_SCENE = SceneConfig()  # the toy world v2's scenes (48 px, 2-6 objects)
 
 
 def cast_copy(model: ADDS, name: str, head: bool = False) -> ADDS:
@@ -66,8 +66,9 @@ def variants(model: ADDS) -> dict[str, ADDS]:
 def train_toy_head(scenes: int, epochs: int, seed: int = 0) -> tuple[ADDS, torch.Tensor]:
     """An ADDS head (DM-decoder x2) trained with ASL on cached toy-CLIP tokens of ``scenes`` toy-world scenes."""
     towers = load_toy_towers(0)
-    images, targets = render_scenes(scenes, torch.Generator().manual_seed(1000 + seed), TOY_SCENE)
-    labels = LabelEmbedder(towers)(VOCABULARY.concepts)  # (48, D)
+    world = render_scenes(scenes, torch.Generator().manual_seed(1000 + seed), TOY_SCENE)
+    images, targets = world.images, world.targets  # (N, 3, 48, 48), (N, 160)
+    labels = LabelEmbedder(towers)(VOCABULARY.labels)  # (160, D): 144 concepts + 16 attribute words
     torch.manual_seed(seed)
     model = ADDS(ADDSConfig(decoder=DecoderConfig(num_layers=2, num_heads=4, ffn_dim=128),
                             pyramid=PyramidConfig(levels=(0,))), towers=towers)
@@ -163,7 +164,7 @@ def profile_ops(model: ADDS, images: torch.Tensor, labels: torch.Tensor, batch: 
 
 def run_toy(args: argparse.Namespace) -> dict:
     model, labels = train_toy_head(args.train_scenes, args.epochs)
-    images, _ = render_scenes(args.test_scenes, torch.Generator().manual_seed(777), TOY_SCENE)  # held out
+    images = render_scenes(args.test_scenes, torch.Generator().manual_seed(777), TOY_SCENE).images  # held out
     models = variants(model)
     result = measure(models, images, labels, args.toy_batch, args.repeats, "toy world")
     reference = forward(model, images, labels, args.toy_batch)

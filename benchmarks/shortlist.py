@@ -3,16 +3,16 @@
 Per seed, on the toy world of ``src/adds/toyworld`` (the full run's sizes: 1,200 training / 500 test scenes; with
 the quick run's 600 / 300 the heads stay below the training-free cosine's mAP, which makes the comparison moot):
 
-1. heads are trained on the 48 toy concepts with the toy world's recipe (``_train_head``: ASL, Adam, OneCycle on
+1. heads are trained on the 160 toy-world v2 labels with the lab's recipe (``train_head``: ASL, Adam, OneCycle on
    cached tokens): the toy world's two-layer DM-decoder (Table 1's head), and as controls a one-layer DM-decoder
    and a two-layer ML-Decoder (a label's logit does not depend on the other labels in either);
-2. the vocabulary is the 48 concepts **plus the 4,585 everyday tags** of the built-in vocabulary as distractors
+2. the vocabulary is the 160 toy labels **plus the 4,585 everyday tags** of the built-in vocabulary as distractors
    (``src/adds/resources/ram_tag_list_4585.txt``, embedded by the toy CLIP's text tower with the paper's templates):
-   ``k = 4,633`` labels in one call;
-3. on the test scenes (mAP over the 48 concepts, which are the only labels with ground truth):
+   ``k`` = 160 + the distractors (4,745 with all of them; tags equal to a toy label are dropped) in one call;
+3. on the test scenes (mAP over the 160 toy labels, the only ones with ground truth):
 
-   * **full**: the head on all 4,633 labels (the reference of the goal);
-   * **48 only**: the head on the 48 concepts alone (what the label set does to a DM-decoder);
+   * **full**: the head on all ``k`` labels (the reference of the goal);
+   * **toy only**: the head on the 160 toy labels alone (what the label set does to a DM-decoder);
    * **cosine**: the first pass alone (training-free class-token cosine);
    * **shortlist M**: :func:`adds.shortlist.shortlist` for several ``M`` -- mAP, its ratio to full decoding,
      the first pass's recall (share of the positive (image, concept) pairs inside the shortlist), the share of
@@ -60,9 +60,10 @@ from adds.pyramid import PyramidConfig, PyramidForwarding  # noqa: E402
 from adds.shortlist import ShortlistConfig, shortlist  # noqa: E402
 from adds.tagger.vocabulary import builtin_tags  # noqa: E402
 from adds.towers import TowerConfig, load_towers  # noqa: E402
-from adds.toyworld.experiments import ToyWorldConfig, _build_world, _train_head  # noqa: E402
-from adds.toyworld.scenes import VOCABULARY  # noqa: E402
-from adds.toyworld.tinyclip import load_toy_towers  # noqa: E402
+from adds.toyworld.lab import LabConfig as ToyWorldConfig  # noqa: E402
+from adds.toyworld.lab import build_seed, train_head  # noqa: E402
+from adds.toyworld.toyclip import load_toy_towers  # noqa: E402
+from adds.toyworld.world import VOCABULARY  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "shortlist.json"
 HEADS = {
@@ -83,7 +84,7 @@ def _chunked(fn, tokens: torch.Tensor, batch: int = 50) -> torch.Tensor:
 
 def distractor_embeddings(towers, count: int | None = None) -> tuple[list[str], torch.Tensor]:
     """The built-in tags that are not toy concepts, embedded by the toy text tower -> (names, (n, D))."""
-    concepts = set(VOCABULARY.concepts)
+    concepts = set(VOCABULARY.labels)
     names = [tag for tag in builtin_tags() if tag not in concepts][:count]
     with torch.no_grad():
         return names, LabelEmbedder(towers)(names)
@@ -92,11 +93,11 @@ def distractor_embeddings(towers, count: int | None = None) -> tuple[list[str], 
 def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor, sizes: list[int],
             heads: list[str]) -> tuple[dict, dict]:
     """mAP rows of one seed, and the trained heads plus test tokens for the timing."""
-    world = _build_world(config, seed, towers)
-    concepts = world.aligned_labels  # (48, D)
-    vocabulary = torch.cat([concepts, distractors])  # (k, D): the 48 concepts first
+    world = build_seed(config, seed, towers)
+    concepts = world.labels  # (160, D): every toy-world label
+    vocabulary = torch.cat([concepts, distractors])  # (k, D): the 160 toy labels first
     c = concepts.shape[0]
-    targets = world.test_targets  # (N, 48)
+    targets = world.test_targets  # (N, C)
     tokens = world.test_tokens  # (N, T, D)
     tpc = towers.tokens_per_image
     rows: dict[str, float] = {}
@@ -104,25 +105,25 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
     rows["cosine (first pass) mAP"] = _map(cosine[:, :c], targets)
     trained, full_maps = {}, {}
     for name in heads:
-        head = _train_head(world, world.train_tokens, world.train_targets, concepts, config, seed, HEADS[name])
+        head = train_head(towers, world.train_tokens, world.train_targets, concepts, config, seed, HEADS[name])
         trained[name] = head
         full_all = _chunked(lambda t, head=head: head.forward_head(t, vocabulary), tokens)  # (N, k)
-        full = full_all[:, :c]  # (N, 48)
+        full = full_all[:, :c]  # (N, C)
         top_full = full_all.topk(5, dim=1).indices  # (N, 5): what a tagger shows, whole vocabulary
-        alone = _chunked(lambda t, head=head: head.forward_head(t, concepts), tokens)  # (N, 48)
+        alone = _chunked(lambda t, head=head: head.forward_head(t, concepts), tokens)  # (N, C)
         rows[f"{name} full mAP"] = full_map = _map(full, targets)
         full_maps[name] = full_map
-        rows[f"{name} 48-only mAP"] = _map(alone, targets)
-        rows[f"{name} full vs 48-only mean abs dlogit"] = float((full - alone).abs().mean())
+        rows[f"{name} toy-only mAP"] = _map(alone, targets)
+        rows[f"{name} full vs toy-only mean abs dlogit"] = float((full - alone).abs().mean())
         for size in sizes:
             config_m = ShortlistConfig(size=size)
             outs = [shortlist(head, tokens[i:i + 50], vocabulary, config_m) for i in range(0, tokens.shape[0], 50)]
             logits_all = torch.cat([o.logits for o in outs])  # (N, k)
-            logits = logits_all[:, :c]  # (N, 48)
+            logits = logits_all[:, :c]  # (N, C)
             top = logits_all.topk(5, dim=1).indices  # (N, 5)
             same = (top.unsqueeze(2) == top_full.unsqueeze(1)).any(dim=2).float().mean()  # share of full's top 5
             rows[f"{name} M={size} top-5 agreement"] = float(same)
-            mask = torch.cat([o.mask for o in outs])[:, :c]  # (N, 48)
+            mask = torch.cat([o.mask for o in outs])[:, :c]  # (N, C)
             rows[f"{name} M={size} mAP"] = m = _map(logits, targets)
             rows[f"{name} M={size} mAP ratio"] = m / full_map
             positives = targets.bool()
@@ -131,7 +132,7 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
             if name == "dm2":  # a perfect first pass: the full call's own logits (its cost not counted)
                 oracle = [shortlist(head, tokens[i:i + 50], vocabulary, config_m,
                                     first_pass=lambda t, e, s=full_all[i:i + 50]: s) for i in range(0, len(tokens), 50)]
-                oracle_logits = torch.cat([o.logits for o in oracle])[:, :c]  # (N, 48)
+                oracle_logits = torch.cat([o.logits for o in oracle])[:, :c]  # (N, C)
                 oracle_mask = torch.cat([o.mask for o in oracle])[:, :c]
                 rows[f"{name} M={size} oracle first pass mAP ratio"] = _map(oracle_logits, targets) / full_map
                 rows[f"M={size} oracle first pass recall"] = float(oracle_mask[positives].float().mean())
@@ -140,7 +141,7 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
         for size in sizes:
             outs = [shortlist(head, tokens[i:i + 50], vocabulary, ShortlistConfig(size=size),
                               first_pass=small.forward_head) for i in range(0, tokens.shape[0], 50)]
-            logits = torch.cat([o.logits for o in outs])[:, :c]  # (N, 48)
+            logits = torch.cat([o.logits for o in outs])[:, :c]  # (N, C)
             mask = torch.cat([o.mask for o in outs])[:, :c]
             rows[f"dm2 M={size} dm1 first pass mAP ratio"] = _map(logits, targets) / full_maps["dm2"]
             rows[f"M={size} dm1 first pass recall"] = float(mask[targets.bool()].float().mean())
@@ -150,9 +151,9 @@ def quality(seed: int, config: ToyWorldConfig, towers, distractors: torch.Tensor
 def diagnose_only(args, config: ToyWorldConfig, towers, names: list[str], distractors: torch.Tensor,
                   sizes: list[int]) -> int:
     seed = int(args.seeds.split(",")[0])
-    world = _build_world(config, seed, towers)
-    vocabulary = torch.cat([world.aligned_labels, distractors])
-    diagnosis = first_pass_diagnosis(world, towers, vocabulary, [*VOCABULARY.concepts, *names], sizes)
+    world = build_seed(config, seed, towers)
+    vocabulary = torch.cat([world.labels, distractors])
+    diagnosis = first_pass_diagnosis(world, towers, vocabulary, [*VOCABULARY.labels, *names], sizes)
     result = {"environment": environment(), "seed": seed, "k": vocabulary.shape[0], "diagnosis": diagnosis}
     lines = ["| first pass | " + " | ".join(f"recall M={m}" for m in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for name, values in diagnosis["recall"].items():
@@ -284,8 +285,8 @@ def table(result: dict) -> str:
     lines.append("")
     lines.append(f"| reference (k = {result['k']}) | mAP |")
     lines.append("|---|---|")
-    for name in ("cosine (first pass) mAP", *[f"{h} {w}" for h in result["heads"]
-                                              for w in ("full mAP", "48-only mAP", "full vs 48-only mean abs dlogit")]):
+    kinds = ("full mAP", "toy-only mAP", "full vs toy-only mean abs dlogit")
+    for name in ("cosine (first pass) mAP", *[f"{h} {w}" for h in result["heads"] for w in kinds]):
         lines.append(f"| {name} | {_cell(rows[name])} |")
     return "\n".join(lines)
 

@@ -122,20 +122,20 @@ def test_calibrated_thresholds_beat_0_5_on_a_trained_toy_world_head():
     of a separate test split above the paper's fixed 0.5."""
     from adds.decoder import DecoderConfig
     from adds.prompts import LabelEmbedder
-    from adds.toyworld.experiments import ToyWorldConfig, _features, _scores, _train_head, _World
-    from adds.toyworld.scenes import VOCABULARY, render_scenes
-    from adds.toyworld.tinyclip import load_toy_towers
+    from adds.toyworld.lab import LabConfig, features, head_logits, train_head
+    from adds.toyworld.toyclip import load_toy_towers
+    from adds.toyworld.world import VOCABULARY, render_scenes
 
     towers = load_toy_towers(0)
-    labels = LabelEmbedder(towers)(VOCABULARY.concepts)  # (48, D)
-    images, targets = render_scenes(700, torch.Generator().manual_seed(2), ToyWorldConfig().scene)
-    tokens = _features(towers, images)
-    config = ToyWorldConfig(epochs=5, decoder=DecoderConfig(num_layers=1, num_heads=4, ffn_dim=64))
-    world = _World(towers, tokens[:300], targets[:300], tokens[300:], targets[300:], labels, [], [])
-    head = _train_head(world, tokens[:300], targets[:300], labels, config, seed=2)
-    scores = _scores(head, tokens[300:], labels)  # (400, 48) sigmoid
+    names = VOCABULARY.labels
+    labels = LabelEmbedder(towers)(names)  # (160, D)
+    scenes = render_scenes(700, torch.Generator().manual_seed(2))
+    tokens, targets = features(towers, scenes.images), scenes.targets
+    config = LabConfig(epochs=5, decoder=DecoderConfig(num_layers=1, num_heads=4, ffn_dim=64, dropout=0.0))
+    head = train_head(towers, tokens[:300], targets[:300], labels, config, seed=2)
+    scores = head_logits(head, tokens[300:], labels).sigmoid()  # (400, 160)
     calibration, test = slice(0, 200), slice(200, 400)
-    fit = fit_thresholds(scores[calibration], targets[300:][calibration], VOCABULARY.concepts)
+    fit = fit_thresholds(scores[calibration], targets[300:][calibration], names)
     thresholds = np.array(list(fit.thresholds.values()))
     at_half = per_label_f1(scores[test], targets[300:][test], 0.5).mean()
     calibrated = per_label_f1(scores[test], targets[300:][test], thresholds).mean()

@@ -62,7 +62,7 @@ def test_traceable_crops_equal_pyramid_forwarding(tiny_towers, size, levels):
 def toy_towers():
     """The toy world's CLIP: two attention heads per layer, so open_clip takes nn.MultiheadAttention's fused
     inference fast path (which the exporter cannot trace; export_onnx turns it off while tracing)."""
-    from adds.toyworld.tinyclip import load_toy_towers
+    from adds.toyworld.toyclip import load_toy_towers
 
     return load_toy_towers(0)
 

@@ -146,6 +146,6 @@ def test_benchmark_script_runs_quick(tmp_path):
     finally:
         sys.modules.pop("benchmarks_shortlist", None)
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["k"] == 148 and result["sizes"] == [8]
+    assert result["k"] == 160 + 100 and result["sizes"] == [8]  # the toy labels + 100 distractors (--quick)
     assert 0.0 <= result["rows"]["M=8 recall"][0] <= 1.0
     assert set(result["timing"]["speedup"]) == {"head M=8", "end-to-end M=8"}

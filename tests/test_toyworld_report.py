@@ -56,3 +56,19 @@ def test_json_contract(tmp_path):
     for entry in record["open_vocabulary"].values():
         assert set(entry) == {"head", "clip", "open_vocab"} and all(len(v) == 3 for v in entry.values())
     assert "Gates" in format_report({"rows": _rows()}) and "Verdicts" in format_report({"rows": _rows()})
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "a,b"], ["--seeds", "3,3"], ["--seeds", "-1"], ["--workers", "0"]])
+def test_command_refuses_bad_arguments_with_exit_code_2(argv, capsys):
+    from adds.cli import main
+
+    assert main(["toyworld", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("adds toyworld: ") and error.count("\n") == 1
+
+
+def test_command_refuses_a_json_path_in_a_missing_folder(tmp_path, capsys):
+    from adds.cli import main
+
+    assert main(["toyworld", "--quick", "--json", str(tmp_path / "missing" / "run.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from adds.losses import AsymmetricLoss
 from adds.metrics import mean_average_precision
 from adds.model import ADDS, ADDSConfig
 from adds.towers import TINY_MODEL, TowerConfig
-from adds.toyworld.scenes import COLOURS
+from adds.toyworld.world import COLOURS
 
 __all__ = ["DemoConfig", "make_images", "run_demo"]
 

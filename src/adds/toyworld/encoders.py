@@ -26,8 +26,8 @@ from adds.prompts import PAPER_TEMPLATES, LabelEmbedder
 from adds.towers import Towers
 from adds.toyworld.world import VOCABULARY, captions, sample_objects
 
-__all__ = ["ENCODERS", "caption_corpus", "caption_lm_embeddings", "label_embeddings", "random_embeddings",
-           "word_vector_embeddings"]
+__all__ = ["ENCODERS", "caption_corpus", "caption_lm_embeddings", "label_embeddings", "linear_map_transfer",
+           "random_embeddings", "word_vector_embeddings"]
 
 #: Encoder names in table order.
 ENCODERS: tuple[str, ...] = ("aligned", "linear_map", "caption_lm", "word_vectors", "random")
@@ -123,6 +123,16 @@ def caption_lm_embeddings(labels: Sequence[str], corpus: list[list[str]], steps:
                 hidden = model.hidden(prompt)[0, 1:]  # (T, D), position p = word p
                 out[row] += F.normalize(hidden[positions].mean(0), dim=-1)
     return F.normalize(out, dim=-1)
+
+
+def linear_map_transfer(source: torch.Tensor, target: torch.Tensor, fit: Sequence[int],
+                        test: Sequence[int]) -> float:
+    """How "linear" two label spaces are: fit ``target ~ source @ W`` by least squares on the ``fit`` rows, return
+    the mean cosine of the mapped ``test`` rows with their targets (1 = a perfect linear map)."""
+    fit, test = list(fit), list(test)
+    weight = torch.linalg.lstsq(source[fit].double(), target[fit].double()).solution  # (D, D)
+    mapped = F.normalize((source[test].double() @ weight).float(), dim=-1)
+    return float((mapped * F.normalize(target[test], dim=-1)).sum(-1).mean())
 
 
 def label_embeddings(name: str, towers: Towers, control: Towers | None = None,
