@@ -178,3 +178,13 @@ def test_gpu_check_runs_on_cpu_and_ddp_smoke_steps(tmp_path):
 
     smoke = bench.ddp_smoke(TINY_MODEL, init_method=f"file://{tmp_path}/ddp-init", decoder=SMALL)
     assert smoke["ok"] and smoke["world_size"] == 1 and len(smoke["losses"]) == 3
+
+
+def test_baseline_variants_quick_run_writes_every_cell(tmp_path):
+    """benchmarks/baseline_variants.py --quick (issue 9.7): every template x pooling row, values in [0, 100]."""
+    bench = _load("baseline_variants")
+    out = tmp_path / "variants.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(bench.TEMPLATES) * len(bench.POOLINGS) * 4
+    assert all(len(values) == 1 and 0.0 <= values[0] <= 100.0 for values in rows.values())
