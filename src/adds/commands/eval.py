@@ -73,6 +73,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     data.add_argument("--input-size", type=int, help="squash-resize size (default: the checkpoint's training size, "
                       "the cache's, or the tower's)")
     data.add_argument("--levels", help="Pyramid-Forwarding levels of the baseline, e.g. 0 or 0,1 (default: 0)")
+    data.add_argument("--baseline-pooling", choices=("auto", "max"), default="auto",
+                      help="the baseline's image embedding over its crops: 'auto' = the level-0 view's class token "
+                      "(the mean of the crops' without level 0), 'max' = the maximum of each label's cosine over "
+                      "the crops (docs/tagging.md compares them; default: %(default)s)")
     data.add_argument("--targets", metavar="NPY", help="with --scores: (N, C) 0/1 ground truth")
     data.add_argument("--mask", metavar="NPY", help="with --scores: optional (N, C) known-mask")
     data.add_argument("--vocabulary", metavar="FILE", help="with --scores: label names, one per line")
@@ -245,10 +249,18 @@ def _model_path(args: argparse.Namespace, config):
         per_crop = model.towers.tokens_per_image
         first_only = 0 in levels
 
+        pooling = getattr(args, "baseline_pooling", "auto")
+
         def score_fn(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+            if pooling == "max":
+                from adds.openvocab import prior_cosine
+
+                return prior_cosine(tokens, embeddings, per_crop)  # (B, k): max over the crops' class tokens
             return clip_zero_shot_scores(tokens, embeddings, per_crop, first_crop_only=first_only)
 
         name = f"CLIP {args.model} ({args.pretrained}), no training"
+        if pooling == "max":
+            name += f", max over {len(levels)}-level crops"
     model.eval()
 
     labels = args.labels
