@@ -175,3 +175,19 @@ def test_toy_world_open_vocabulary_beats_the_head_on_unseen_and_keeps_seen():
 
     assert m(out, unseen) > m(h, unseen) + 5  # far above the head on new words
     assert m(out, unseen) >= m(p, unseen) - 1.5  # and about as good as the cosine (measured: see the docs)
+
+
+def test_a_head_no_better_than_the_prior_falls_back_to_the_prior_exactly():
+    """min_gain (issue 9.6, "never worse than CLIP on new words"): a useless head gets weight 1, and with global
+    standardisation the mix then ranks every label's images exactly as the raw prior does."""
+    generator = torch.Generator().manual_seed(3)
+    targets = (torch.rand(300, 6, generator=generator) < 0.3).float()
+    prior = targets + 0.8 * torch.randn(300, 6, generator=generator)  # informative
+    head = torch.randn(300, 6, generator=generator)  # noise
+    combiner = fit_combiner(head, prior, targets, [True] * 6)
+    assert combiner.prior_weight == 1.0 and combiner.standardise == "global"
+    assert mean_average_precision(combiner(head, prior), targets) == pytest.approx(
+        mean_average_precision(prior, targets), abs=1e-12)
+    # a clearly better head is still mixed in
+    good = 3 * targets + 0.3 * torch.randn(300, 6, generator=generator)
+    assert fit_combiner(good, prior, targets, [True] * 6).prior_weight < 1.0
