@@ -188,3 +188,12 @@ def test_baseline_variants_quick_run_writes_every_cell(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == len(bench.TEMPLATES) * len(bench.POOLINGS) * 4
     assert all(len(values) == 1 and 0.0 <= values[0] <= 100.0 for values in rows.values())
+
+
+def test_token_norm_quick_run_has_every_row(tmp_path):
+    """benchmarks/token_norm.py --quick (issue 10.9): three token treatments x three label sets, mAP in [0, 100]."""
+    bench = _load("token_norm")
+    out = tmp_path / "token_norm.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(bench.NORMS) * 3 and all(0.0 <= v[0] <= 100.0 for v in rows.values())
