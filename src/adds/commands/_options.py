@@ -5,7 +5,11 @@ Imports nothing heavy, so argument errors stay fast (``tests/test_cli_start.py``
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "parse_levels"]
+__all__ = ["OPEN_VOCABULARY_CHOICES", "UsageError", "parse_levels"]
+
+#: ``--open-vocabulary`` of ``adds tag`` / ``adds eval`` -> ``TaggerConfig.open_vocabulary`` /
+#: :func:`adds.openvocab.checkpoint_open_vocabulary`'s ``wanted``.
+OPEN_VOCABULARY_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 class UsageError(Exception):

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from adds.commands._options import OPEN_VOCABULARY_CHOICES
+
 logger = logging.getLogger(__name__)
 
 _EPILOG = """\
@@ -52,7 +54,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="with --checkpoint: where the recorded tower weights are on this machine")
     towers.add_argument("--templates", default="paper",
                         help="prompt templates of the baseline: paper | clip80 (default: %(default)s)")
-    towers.add_argument("--open-vocabulary", choices=("auto", "on", "off"), default="auto",
+    towers.add_argument("--open-vocabulary", choices=tuple(OPEN_VOCABULARY_CHOICES), default="auto",
                         help="a checkpoint's open-vocabulary mode (adds.openvocab) for labels outside its training "
                         "vocabulary: 'auto' uses its open_vocab.json when present, 'on' requires it, 'off' is the "
                         "plain head (default: %(default)s)")
@@ -251,10 +253,10 @@ def _model_path(args: argparse.Namespace, config):
 
         pooling = getattr(args, "baseline_pooling", "auto")
 
+        from adds.openvocab import prior_cosine
+
         def score_fn(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
             if pooling == "max":
-                from adds.openvocab import prior_cosine
-
                 return prior_cosine(tokens, embeddings, per_crop)  # (B, k): max over the crops' class tokens
             return clip_zero_shot_scores(tokens, embeddings, per_crop, first_crop_only=first_only)
 
@@ -294,7 +296,7 @@ def _model_path(args: argparse.Namespace, config):
     if args.checkpoint:
         from adds.openvocab import checkpoint_open_vocabulary, eval_score_fn
 
-        wanted = {"auto": None, "on": True, "off": False}[getattr(args, "open_vocabulary", "auto")]
+        wanted = OPEN_VOCABULARY_CHOICES[getattr(args, "open_vocabulary", "auto")]
         record = checkpoint_open_vocabulary(args.checkpoint, wanted)
         if record is not None:
             unseen = sum(label not in set(record.vocabulary) for label in dataset.vocabulary)

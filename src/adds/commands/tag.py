@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adds.commands._options import UsageError, parse_levels
+from adds.commands._options import OPEN_VOCABULARY_CHOICES, UsageError, parse_levels
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "those (the rest score below every candidate); default: every label is decoded. See docs/performance.md",
     )
     labels.add_argument(
-        "--open-vocabulary", choices=("auto", "on", "off"), default="auto",
+        "--open-vocabulary", choices=tuple(OPEN_VOCABULARY_CHOICES), default="auto",
         help="a checkpoint's open-vocabulary mode for words outside its training labels (head mixed with the "
         "CLIP prior, fitted on held-out training labels; the training labels keep the head's score): 'auto' uses "
         "it when the checkpoint has an open_vocab.json, 'on' requires it, 'off' is the plain head (default: auto)",
@@ -116,10 +116,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); 'auto' = the head's "
         "(default)",
     )
-
-
-#: ``--open-vocabulary`` -> ``TaggerConfig.open_vocabulary``.
-OPEN_VOCABULARY_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def precision_name_problem(value: str) -> str | None:

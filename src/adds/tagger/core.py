@@ -27,6 +27,7 @@ from adds.model import ADDS
 from adds.openvocab import OpenVocabulary, checkpoint_open_vocabulary, tagger_logits
 from adds.prompts import memory_cache, validate_labels
 from adds.pyramid import PyramidConfig, PyramidForwarding
+from adds.shortlist import ShortlistConfig, shortlist_logits
 from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
 from adds.tagger.decode import squash_image
 from adds.tagger.plan import InputPlan, input_plan, trained_input_size
@@ -375,8 +376,6 @@ class Tagger:
                 return self.model(pixels, label_embeddings).float()
             tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
             if self.config.shortlist is not None:
-                from adds.shortlist import ShortlistConfig, shortlist_logits
-
                 logits = shortlist_logits(self.model, tokens, label_embeddings,
                                           ShortlistConfig(size=self.config.shortlist)).float()  # (b, k)
             else:

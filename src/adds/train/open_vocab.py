@@ -107,15 +107,18 @@ def fit_open_vocabulary(config: TrainConfig, model: ADDS, train: PreparedSplit, 
         return result
     source = fold_dir / ("last-ema" if (fold_dir / "last-ema").is_dir() else "last")
     head = ADDS.from_pretrained(source, towers=model.towers, map_location=context.device)
-    per_crop = model.towers.tokens_per_image
-    logits = held_out_scores(head, val, embeddings, config, context, score_fn=head.forward_head)
-    prior = held_out_scores(head, val, embeddings, config, context,
-                            score_fn=lambda tokens, labels: prior_cosine(tokens, labels, per_crop))
+    per_crop, k = model.towers.tokens_per_image, len(vocabulary)
+
+    def both(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # one pass over the validation tokens: (B, 2k) = the fold head's logits, then the prior
+        return torch.cat([head.forward_head(tokens, labels).float(), prior_cosine(tokens, labels, per_crop)], dim=1)
+
+    scored = held_out_scores(head, val, embeddings, config, context, score_fn=both).predictions
+    logits, prior = scored.scores["all"][:, :k], scored.scores["all"][:, k:]  # (N, k) each
     if context.is_main:
-        new = torch.zeros(len(vocabulary), dtype=torch.bool)
+        new = torch.zeros(k, dtype=torch.bool)
         new[hidden] = True
-        record = fit_and_save(run_dir / "best", vocabulary, logits.predictions.scores["all"],
-                              prior.predictions.scores["all"], logits.predictions.targets, new,
+        record = fit_and_save(run_dir / "best", vocabulary, logits, prior, scored.targets, new,
                               info={"fold_head": str(Path(FOLD_DIR) / source.name),
                                     "hidden_labels": [vocabulary[i] for i in hidden]})
         logger.info("open vocabulary -> %s: prior weight %.2f; on the %d hidden labels mAP %.2f (fold head %.2f, "
