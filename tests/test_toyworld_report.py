@@ -58,7 +58,8 @@ def test_json_contract(tmp_path):
     assert "Gates" in format_report({"rows": _rows()}) and "Verdicts" in format_report({"rows": _rows()})
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "a,b"], ["--seeds", "3,3"], ["--seeds", "-1"], ["--workers", "0"]])
+@pytest.mark.parametrize("argv", [["--seeds", "a,b"], ["--seeds", "3,3"], ["--seeds", "-1"], ["--workers", "0"],
+                                  ["--train-scenes", "0"], ["--epochs", "-2"]])
 def test_command_refuses_bad_arguments_with_exit_code_2(argv, capsys):
     from adds.cli import main
 
@@ -72,3 +73,21 @@ def test_command_refuses_a_json_path_in_a_missing_folder(tmp_path, capsys):
 
     assert main(["toyworld", "--quick", "--json", str(tmp_path / "missing" / "run.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_command_passes_sizes_to_the_lab_and_names_them_in_the_command_line(monkeypatch, capsys):
+    from adds.cli import main
+    from adds.toyworld import lab
+
+    seen = {}
+
+    def fake_run_lab(config, echo, workers):
+        seen["config"] = config
+        return {"rows": _rows(), "seconds": 0.0}
+
+    monkeypatch.setattr(lab, "run_lab", fake_run_lab)
+    assert main(["toyworld", "--only", "core", "--train-scenes", "4800", "--epochs", "3", "--seeds", "0,1,2"]) == 0
+    config = seen["config"]
+    assert (config.train_scenes, config.epochs, config.groups) == (4800, 3, ("core",))
+    out = capsys.readouterr().out
+    assert "command: adds toyworld --seeds 0,1,2 --only core --train-scenes 4800 --epochs 3" in out

@@ -27,6 +27,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", default="0,1,2", metavar="LIST",
                         help="comma-separated seeds, e.g. 3,5,8 (default: %(default)s; verdicts need 2 or more)")
     parser.add_argument("--only", nargs="+", metavar="GROUP", choices=_GROUPS, help="run only these groups")
+    parser.add_argument("--train-scenes", type=int, metavar="N",
+                        help="training scenes per seed (default: 800 quick, 1200 full); the head is data-starved at "
+                        "these sizes, docs/toyworld.md measures how G1 moves with more")
+    parser.add_argument("--epochs", type=int, metavar="N", help="epochs of every head (default: 6)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="jobs run in this many processes side by side (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write gates, verdicts, open_vocabulary and per-seed rows here")
@@ -53,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"adds toyworld: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    for flag, value in (("--train-scenes", args.train_scenes), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            print(f"adds toyworld: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     for path in (args.json, args.markdown):
         if path is not None and not path.parent.is_dir():
             print(f"adds toyworld: the folder of {path} does not exist", file=sys.stderr)
@@ -62,13 +70,18 @@ def run(args: argparse.Namespace) -> int:
     from adds.toyworld.report import format_report, write_json
 
     config = LabConfig.quick() if args.quick else LabConfig()
-    config = replace(config, seeds=seeds, groups=tuple(args.only) if args.only else config.groups)
+    config = replace(config, seeds=seeds, groups=tuple(args.only) if args.only else config.groups,
+                     train_scenes=args.train_scenes or config.train_scenes, epochs=args.epochs or config.epochs)
     print(f"toy world v2: {'quick' if args.quick else 'full'} run, seeds {list(seeds)}, {config.train_scenes} "
-          f"training / {config.test_scenes} test scenes, groups: {', '.join(config.groups)}", flush=True)
+          f"training / {config.test_scenes} test scenes, {config.epochs} epochs, groups: {', '.join(config.groups)}",
+          flush=True)
     result = run_lab(config, echo=lambda line: print(line, flush=True), workers=args.workers)
     report = format_report(result)
     print(report)
     command = "adds toyworld" + (" --quick" if args.quick else "") + f" --seeds {','.join(map(str, seeds))}"
+    command += "".join(f" {flag} {value}" for flag, value in (("--only", " ".join(args.only or ())),
+                                                              ("--train-scenes", args.train_scenes),
+                                                              ("--epochs", args.epochs)) if value)
     print(f"({result['seconds']:.0f}s; command: {command})")
     if args.json:
         write_json(result, str(args.json))
