@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -135,10 +136,10 @@ def shape_warmup(visual: torch.nn.Module, config: ToyClipConfig, generator: torc
     optimizer = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=config.shape_lr,
                                   weight_decay=0.0)
     low, high = config.shape_scale
-    correct: list[float] = []
+    correct: deque[float] = deque(maxlen=10)  # batch accuracies of the last 10 steps
     start = time.perf_counter()
+    visual.train()
     for step in range(config.shape_steps):
-        visual.train()
         concepts = torch.randint(VOCABULARY.num_concepts, (config.shape_batch,), generator=generator)
         shapes = (concepts % len(VOCABULARY.shapes)).to(device)
         images = render_single(concepts, generator, min_scale=low, max_scale=high)
@@ -147,10 +148,10 @@ def shape_warmup(visual: torch.nn.Module, config: ToyClipConfig, generator: torc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        correct = (correct + [(logits.argmax(1) == shapes).float().mean().item()])[-10:]
+        correct.append((logits.argmax(1) == shapes).float().mean().item())
         if step % 250 == 0 or step == config.shape_steps - 1:
-            echo(f"shape warm-up step {step:5d}  loss {loss.item():.4f}  accuracy {100 * sum(correct) / len(correct):5.1f}%  "
-                 f"{time.perf_counter() - start:6.1f}s")
+            echo(f"shape warm-up step {step:5d}  loss {loss.item():.4f}  "
+                 f"accuracy {100 * sum(correct) / len(correct):5.1f}%  {time.perf_counter() - start:6.1f}s")
     return sum(correct) / max(1, len(correct))
 
 
