@@ -1,22 +1,27 @@
-"""The training-free CLIP baseline's variants on the toy world (issue 9.7): templates x image pooling.
+"""The training-free CLIP baseline's variants on the toy world (issue 9.7): templates x image pooling x reference.
 
 Per seed, on the test scenes of the toy world v2 (``adds.toyworld``: 48 px toy CLIP, 160 labels; the quick run's
-sizes, rendered at 2 x 48 = 96 px so that level 1 exists), the training-free score ``cos(image, label)`` is computed
-with
+sizes, rendered at 2 x 48 = 96 px so that level 1 exists), the tagger's training-free logit
+(:func:`adds.tagger.baseline.pooled_logits`, what ``adds tag`` and ``adds eval --zero-shot-baseline`` score) is
+computed with
 
 * **templates**: the paper's two (``"paper"``), CLIP's 80 ImageNet templates (``"clip80"``) and, as a reference
   only, the toy world's own caption form ``"{}"`` (the toy CLIP saw bare noun phrases in its captions);
-* **image pooling**: the class token of the one ``S x S`` view (level 0: what ``adds tag`` does without a
-  checkpoint), the maximum over the crops of levels 0 and 1 (1 + 4 crops: the view and its quadrants at 2S), and
-  the maximum over the crops of level 1 only.
+* **image pooling**: the class token of the one ``S x S`` view (level 0: plain CLIP zero-shot), the maximum over
+  the crops of levels 0 and 1 (1 + 4 crops: the view and its quadrants at 2S) and the maximum over the crops of
+  level 1 only;
+* **reference**: ``blank`` (one constant per tower, so a label ranks images by its cosine) and ``image`` (each
+  crop's own label-free cosine, the tagger's score before 2026-12-03).
 
-Rows: mAP over all 160 labels, over the unseen sets U_comb and U_word (they are just label subsets here: nothing
-is trained), and F1@3 (the literature's top-k F1), mean ± std over seeds. What it can and cannot say: the pooling
-comparison is about images with several objects, which the toy world has (2-6 per scene); the template comparison
-is about *this* toy CLIP, whose captions never contained "a photo of" phrasing, so it does not transfer to real
-CLIP models (for those, OpenAI's 80-template ensemble is the published recipe, see docs/tagging.md).
+Columns: mAP over all 160 labels and over the unseen sets U_comb and U_word (label subsets here: nothing is
+trained), F1@3 (the literature's top-k F1), macro F1 and tags per image at the default threshold 0.5 (what
+``adds tag`` prints without calibration), mean ± std over seeds; and the image path's time per image of each
+pooling, measured in the same run (their ratio is the cost of the crops). What it can and cannot say: the pooling
+comparison is about images with several small objects, which the toy world has (2-6 per scene); the template
+comparison is about *this* toy CLIP, whose captions use only 8 templates, so it does not transfer to real CLIP
+models (for those, OpenAI's 80-template ensemble is the published recipe, see docs/tagging.md).
 
-    OMP_NUM_THREADS=1 python benchmarks/baseline_variants.py            # 3 seeds, ~2 min
+    OMP_NUM_THREADS=1 python benchmarks/baseline_variants.py            # 3 seeds, ~30 s
 """
 
 from __future__ import annotations
@@ -29,14 +34,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_result  # noqa: E402
 
 from adds.metrics import mean_average_precision, topk_precision_recall_f1  # noqa: E402
-from adds.openvocab import prior_cosine  # noqa: E402
-from adds.prompts import LabelEmbedder, resolve_templates  # noqa: E402
+from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig, pooled_logits  # noqa: E402
 from adds.toyworld.lab import LabConfig, features  # noqa: E402
 from adds.toyworld.toyclip import load_toy_towers  # noqa: E402
 from adds.toyworld.world import VOCABULARY, render_scenes  # noqa: E402
@@ -44,42 +47,65 @@ from adds.toyworld.world import VOCABULARY, render_scenes  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "baseline_variants.json"
 TEMPLATES = {"paper": "paper", "clip80": "clip80", "bare {} (toy captions)": ("{}",)}
 POOLINGS = {"class token, level 0": (0,), "max over crops, levels 0-1": (0, 1), "max over crops, level 1": (1,)}
+REFERENCES = ("blank", "image")
+METRICS = ("mAP all", "mAP U_comb", "mAP U_word", "F1@3 all", "macro F1 @0.5", "tags/image @0.5")
 
 
-def run_seed(seed: int, config: LabConfig, towers, test_scenes: int) -> dict[str, float]:
+def macro_f1_at_half(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean per-label F1 of the decisions ``logit > 0`` (score > 0.5), in %."""
+    predicted, truth = (logits > 0).float(), (targets > 0).float()
+    tp = (predicted * truth).sum(0)
+    wrong = (predicted * (1 - truth)).sum(0) + ((1 - predicted) * truth).sum(0)
+    return 100 * float((2 * tp / (2 * tp + wrong).clamp(min=1)).mean())
+
+
+def run_seed(seed: int, config: LabConfig, towers, test_scenes: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``(rows, seconds per image of each pooling's image path)`` of one seed."""
     scene = replace(config.scene, size=2 * towers.image_size)  # 96 px: level 0 is the 48 px view, level 1 4 crops
     scenes = render_scenes(test_scenes, torch.Generator().manual_seed(5000 + seed), scene)
     targets = scenes.targets  # (N, 160)
     splits = VOCABULARY.splits()
     sets = {"all": list(range(len(VOCABULARY))), "U_comb": splits.u_comb, "U_word": splits.u_word}
-    tpc = towers.tokens_per_image
-    tokens = {name: features(towers, scenes.images, levels) for name, levels in POOLINGS.items()}  # (N, crops*T, D)
+    tokens, seconds = {}, {}
+    for name, levels in POOLINGS.items():
+        start = time.perf_counter()
+        tokens[name] = features(towers, scenes.images, levels)  # (N, crops*T, D)
+        seconds[name] = (time.perf_counter() - start) / len(scenes.images)
     rows: dict[str, float] = {}
     for template_name, templates in TEMPLATES.items():
-        labels = F.normalize(LabelEmbedder(towers, resolve_templates(templates))(VOCABULARY.labels).float(), dim=-1)
-        for pool_name in POOLINGS:
-            scores = prior_cosine(tokens[pool_name], labels, tpc)  # (N, 160): max over the crops' class tokens
-            key = f"{template_name} | {pool_name}"
-            for set_name, columns in sets.items():
-                rows[f"{key} | mAP {set_name}"] = 100 * mean_average_precision(scores[:, columns],
-                                                                               targets[:, columns])
-            rows[f"{key} | F1@3 all"] = 100 * topk_precision_recall_f1(scores, targets, 3)[2]
-    return rows
+        for reference in REFERENCES:
+            baseline = CLIPBaseline(towers, CLIPBaselineConfig(templates=templates, reference=reference))
+            labels = baseline.encode_labels(VOCABULARY.labels).float()  # (160, D)
+            for pool_name in POOLINGS:
+                crops = baseline.class_tokens(tokens[pool_name])  # (N, crops, D)
+                logits = pooled_logits(crops, labels, baseline.reference_term(), baseline.logit_scale)  # (N, 160)
+                key = f"{template_name} | {pool_name} | {reference}"
+                for set_name, columns in sets.items():
+                    rows[f"{key} | mAP {set_name}"] = 100 * mean_average_precision(logits[:, columns],
+                                                                                   targets[:, columns])
+                rows[f"{key} | F1@3 all"] = 100 * topk_precision_recall_f1(logits, targets, 3)[2]
+                rows[f"{key} | macro F1 @0.5"] = macro_f1_at_half(logits, targets)
+                rows[f"{key} | tags/image @0.5"] = float((logits > 0).float().sum(1).mean())
+    return rows, seconds
 
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    keys = list(dict.fromkeys(name.rsplit(" | ", 1)[0] for name in rows))  # "templates | pooling", in run order
-    lines = ["| templates | image pooling | mAP all | mAP U_comb | mAP U_word | F1@3 all |",
-             "|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys(name.rsplit(" | ", 1)[0] for name in rows))  # "templates | pooling | reference"
+    lines = ["| templates | image pooling | reference | " + " | ".join(METRICS) + " |",
+             "|---" * (3 + len(METRICS)) + "|"]
     for key in keys:
-        template, pooling = key.split(" | ")
         cells = []
-        for metric in ("mAP all", "mAP U_comb", "mAP U_word", "F1@3 all"):
+        for metric in METRICS:
             values = rows[f"{key} | {metric}"]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.2f} ± {std:.2f}")
-        lines.append(f"| {template} | {pooling} | " + " | ".join(cells) + " |")
+        lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(cells) + " |")
+    one_view = statistics.mean(result["seconds_per_image"]["class token, level 0"])
+    lines.append("")
+    lines.append("image path per image (one thread, this run): " + ", ".join(
+        f"{name} {1000 * statistics.mean(values):.2f} ms ({statistics.mean(values) / one_view:.2f}x)"
+        for name, values in result["seconds_per_image"].items()))
     return "\n".join(lines)
 
 
@@ -97,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     config, towers = LabConfig.quick(), load_toy_towers(0)
     start = time.perf_counter()
     per_seed = {seed: run_seed(seed, config, towers, scenes) for seed in seeds}
-    rows = {name: [per_seed[s][name] for s in seeds] for name in per_seed[seeds[0]]}
+    rows = {name: [per_seed[s][0][name] for s in seeds] for name in per_seed[seeds[0]][0]}
+    timing = {name: [per_seed[s][1][name] for s in seeds] for name in POOLINGS}
     result = {"environment": environment(), "seeds": seeds, "test_scenes": scenes, "rows": rows,
-              "seconds": time.perf_counter() - start}
+              "seconds_per_image": timing, "seconds": time.perf_counter() - start}
     write_result(result, table(result), args.out)
     return 0
 

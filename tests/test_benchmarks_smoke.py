@@ -181,13 +181,17 @@ def test_gpu_check_runs_on_cpu_and_ddp_smoke_steps(tmp_path):
 
 
 def test_baseline_variants_quick_run_writes_every_cell(tmp_path):
-    """benchmarks/baseline_variants.py --quick (issue 9.7): every template x pooling row, values in [0, 100]."""
+    """benchmarks/baseline_variants.py --quick (issue 9.7): every template x pooling x reference row, percentages
+    in [0, 100], tags per image at most the 160 labels, a time per image for every pooling."""
     bench = _load("baseline_variants")
     out = tmp_path / "variants.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == len(bench.TEMPLATES) * len(bench.POOLINGS) * 4
-    assert all(len(values) == 1 and 0.0 <= values[0] <= 100.0 for values in rows.values())
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert len(rows) == len(bench.TEMPLATES) * len(bench.POOLINGS) * len(bench.REFERENCES) * len(bench.METRICS)
+    assert all(len(values) == 1 and 0.0 <= values[0] <= (160 if "tags" in name else 100)
+               for name, values in rows.items())
+    assert set(result["seconds_per_image"]) == set(bench.POOLINGS)
 
 
 def test_token_norm_quick_run_has_every_row(tmp_path):

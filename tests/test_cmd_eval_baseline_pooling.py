@@ -1,5 +1,6 @@
-"""``adds eval --zero-shot-baseline --levels 0,1 --baseline-pooling max``: each label's cosine maximised over the
-crops (issue 9.7), checked against a hand computation."""
+"""``adds eval --zero-shot-baseline``: the tagger's training-free score (issue 9.7), checked against a hand computation:
+``--baseline-pooling max`` (default) ranks by each label's best cosine over the crops of levels 0 and 1,
+``--baseline-pooling view`` by the level-0 view's."""
 
 from __future__ import annotations
 
@@ -8,38 +9,58 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 from test_cmd_train_eval import COLOURS, data  # noqa: F401  (the shared tiny manifest fixture)
 
 from adds.cli import main
 
 
-def _eval(data, out, *extra):  # noqa: F811
+def _eval(data, out, *extra, code=0):  # noqa: F811
     assert main(["eval", "--zero-shot-baseline", "--model", "adds-tiny-vit", "--pretrained", "none",
                  "--data-kind", "manifest", "--data-root", str(data / "test.jsonl"), "--labels",
-                 str(data / "vocab.txt"), "--levels", "0,1", "--json", str(out), "--workers", "0", "--no-progress",
-                 "--device", "cpu", *extra]) == 0
-    return json.loads(out.read_text())
+                 str(data / "vocab.txt"), "--json", str(out), "--workers", "0", "--no-progress",
+                 "--device", "cpu", *extra]) == code
+    return json.loads(out.read_text()) if code == 0 else None
 
 
-def test_max_over_crops_matches_a_hand_computation(data, tmp_path):  # noqa: F811
+def _hand_map(data, levels: tuple[int, ...], size: int) -> float:  # noqa: F811
     from adds.data.base import SquashResize
     from adds.data.images import load_image
     from adds.model import ADDS, ADDSConfig
     from adds.pyramid import PyramidConfig
     from adds.towers import TowerConfig
 
-    result = _eval(data, tmp_path / "max.json", "--baseline-pooling", "max")
-    auto = _eval(data, tmp_path / "auto.json")
-    assert "max over 2-level crops" in result["model"] and "max over" not in auto["model"]
-    model = ADDS(ADDSConfig(towers=TowerConfig("adds-tiny-vit", pretrained=None), pyramid=PyramidConfig((0, 1))))
+    model = ADDS(ADDSConfig(towers=TowerConfig("adds-tiny-vit", pretrained=None), pyramid=PyramidConfig(levels)))
     rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:10]
-    images = torch.stack([SquashResize(64)(load_image(data / row["image"])) for row in rows])  # 2 x 32 px: 5 crops
+    images = torch.stack([SquashResize(size)(load_image(data / row["image"])) for row in rows])
     with torch.no_grad():
-        tokens = model.forward_features(images)  # (N, 5 * T, D)
-        per_crop = tokens[:, ::model.towers.tokens_per_image]  # (N, 5, D): every crop's class token
-        labels = torch.nn.functional.normalize(model.encode_labels(list(COLOURS)), dim=-1)
-        scores = (torch.nn.functional.normalize(per_crop, dim=-1) @ labels.T).amax(dim=1).numpy()  # (N, 4)
+        tokens = model.forward_features(images)  # (N, crops * T, D)
+        per_crop = F.normalize(tokens[:, ::model.towers.tokens_per_image], dim=-1)  # (N, crops, D)
+        labels = F.normalize(model.encode_labels(list(COLOURS)), dim=-1)
+        scores = (per_crop @ labels.T).amax(dim=1).numpy()  # (N, 4): each label's best crop
     targets = np.array([[label in row["labels"] for label in COLOURS] for row in rows], dtype=int)
-    expected = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(len(COLOURS))])
-    assert result["metrics"]["all"]["mAP"] == pytest.approx(expected, abs=1e-6)
+    return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(len(COLOURS))]))
+
+
+def test_default_is_the_max_over_the_crops_of_levels_0_and_1(data, tmp_path):  # noqa: F811
+    result = _eval(data, tmp_path / "max.json")
+    assert "max over the crops of levels 0,1" in result["model"]
+    assert result["metrics"]["all"]["mAP"] == pytest.approx(_hand_map(data, (0, 1), 64), abs=1e-6)  # 2 x 32 px
+
+
+def test_view_pooling_is_the_level_0_class_token(data, tmp_path):  # noqa: F811
+    result = _eval(data, tmp_path / "view.json", "--baseline-pooling", "view")
+    assert "one view" in result["model"]
+    assert result["metrics"]["all"]["mAP"] == pytest.approx(_hand_map(data, (0,), 32), abs=1e-6)
+
+
+def test_view_with_more_levels_is_refused(data, tmp_path, capsys):  # noqa: F811
+    _eval(data, tmp_path / "bad.json", "--baseline-pooling", "view", "--levels", "0,1", code=1)
+    assert "level-0 view only" in capsys.readouterr().err
+
+
+def test_a_size_without_the_quadrants_names_the_fix(data, tmp_path, capsys):  # noqa: F811
+    _eval(data, tmp_path / "small.json", "--input-size", "32", code=1)
+    err = capsys.readouterr().err
+    assert "64 px" in err and "--baseline-pooling view" in err

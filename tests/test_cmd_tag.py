@@ -246,6 +246,28 @@ def test_odd_modes_and_exif_rotation_are_handled(capsys, tmp_path):
     _assert_close({"x": got[str(tmp_path / "deep16.png")]}, {"x": expected})
 
 
+@pytest.mark.parametrize("pooling", ["max", "view"])
+def test_baseline_pooling_flag_reaches_the_scorer(capsys, tmp_path, pooling):
+    """``--baseline-pooling`` (issue 9.7): the CLI's scores are the API's with that pooling."""
+    from adds.tagger import CLIPBaselineConfig
+
+    image = _save(tmp_path / "x.png", 3)
+    code, out, err = run(capsys, str(image), *TINY, "--labels", ",".join(LABELS), "--threshold", "0",
+                         "--format", "jsonl", "--baseline-pooling", pooling)
+    assert code == 0, err
+    tagger = Tagger.clip_baseline(TINY_MODEL, None, device="cpu", labels=LABELS,
+                                  baseline=CLIPBaselineConfig(pooling=pooling))
+    assert tagger.plan.num_crops == (5 if pooling == "max" else 1)
+    _assert_close(_jsonl(out), {str(image): tagger(str(image), threshold=0.0)})
+
+
+def test_baseline_pooling_choices_match_the_library():
+    from adds.commands._options import BASELINE_POOLING_CHOICES
+    from adds.tagger.baseline import BASELINE_POOLINGS
+
+    assert BASELINE_POOLING_CHOICES == BASELINE_POOLINGS
+
+
 # -- models and weights --------------------------------------------------------------------------------------------
 
 

@@ -175,10 +175,11 @@ def test_zero_shot_baseline_through_the_cli(data, tmp_path):
     assert main(["eval", "--zero-shot-baseline", "--model", "adds-tiny-vit", "--pretrained", "none",
                  "--data-kind", "manifest", "--data-root", str(data / "test.jsonl"), "--labels",
                  str(data / "vocab.txt"), "--protocol", "zsl", "--topk", "1,2", "--json", str(out),
-                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+                 "--workers", "0", "--no-progress", "--device", "cpu", "--baseline-pooling", "view"]) == 0
     result = json.loads(out.read_text())
     assert result["num_images"] == 10 and "no training" in result["model"]
-    # reference: cosine of CLIP's image embedding (32 px, the tower's size) and the label embedding
+    # reference (--baseline-pooling view; the default is in test_cmd_eval_baseline_pooling): cosine of CLIP's
+    # image embedding (32 px, the tower's size) and the label embedding
     model = ADDS(ADDSConfig(towers=TowerConfig("adds-tiny-vit", pretrained=None), pyramid=PyramidConfig((0,))))
     rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()][:10]
     images = torch.stack([SquashResize(32)(load_image(data / row["image"])) for row in rows])

@@ -17,7 +17,7 @@ from adds.decoder import DecoderConfig
 from adds.export import ExportConfig, ExportDependencyError, _PyramidCrops, export_onnx, require_onnx, resize_matrix
 from adds.model import ADDS, ADDSConfig
 from adds.pyramid import PyramidConfig, PyramidForwarding
-from adds.tagger.baseline import CLIPBaseline
+from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -113,12 +113,17 @@ def test_labels_interact_through_the_dm_decoder_in_the_exported_graph(tiny_tower
     assert np.abs(full[:, :3] - part).max() > 1e-6
 
 
-def test_baseline_export_matches_pytorch(tiny_towers, tmp_path):
-    baseline = CLIPBaseline(tiny_towers).eval()
-    result = export_onnx(baseline, tmp_path / "b.onnx", ExportConfig(input_size=48))
-    assert result.kind == "baseline" and result.levels == (0,) and result.crops == 1
+@pytest.mark.parametrize("pooling, reference, size, crops", [("max", "blank", 64, 5), ("view", "image", 48, 1)])
+def test_baseline_export_matches_pytorch(tiny_towers, tmp_path, pooling, reference, size, crops):
+    baseline = CLIPBaseline(tiny_towers, CLIPBaselineConfig(pooling=pooling, reference=reference)).eval()
+    result = export_onnx(baseline, tmp_path / "b.onnx", ExportConfig())  # default size: 2S for levels 0,1, else S
+    assert result.kind == "baseline" and result.crops == crops
+    assert result.levels == ((0, 1) if pooling == "max" else (0,))
     assert result.max_abs_diff <= 1e-4
-    images = torch.rand(3, 3, 48, 48)
+    meta = json.loads(result.metadata_path.read_text())
+    assert meta["baseline"] == {"pooling": pooling, "reference": reference}
+    result = export_onnx(baseline, tmp_path / "b.onnx", ExportConfig(input_size=size))
+    images = torch.rand(3, 3, size, size)
     labels = F.normalize(torch.randn(4, 32), dim=-1)
     logits = _session(result.path).run(["logits"], {"images": images.numpy(), "label_embeddings": labels.numpy()})[0]
     with torch.no_grad():

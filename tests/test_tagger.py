@@ -17,6 +17,7 @@ from adds.decoder import DecoderConfig
 from adds.model import ADDS, ADDSConfig
 from adds.tagger import (
     CLIPBaseline,
+    CLIPBaselineConfig,
     Tagger,
     TaggerConfig,
     ThresholdSet,
@@ -361,31 +362,94 @@ def test_dm_decoder_scores_depend_on_the_label_list_and_the_baselines_do_not(tag
 # -- the CLIP baseline --------------------------------------------------------------------------------------------
 
 
-def test_clip_baseline_score_is_clips_two_way_softmax_against_the_label_free_prompt(baseline, tiny_towers):
+def _ensembled(towers, prompts: list[str]) -> torch.Tensor:
+    return F.normalize(F.normalize(towers.encode_text(prompts), dim=-1).mean(0), dim=-1)  # (D,)
+
+
+def _normalised(towers, pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(towers.mean).view(1, 3, 1, 1)
+    std = torch.tensor(towers.std).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def test_clip_baseline_default_is_the_best_crop_against_the_blank_reference(baseline, tiny_towers):
+    """Issue 9.7: ``s * (max over the level-0 view and the 4 quadrants of cos(crop, label) - b)``, ``b`` the
+    label-free prompts' cosine with a blank image, checked by hand (resize, slicing, CLIP's encode_image)."""
+    image = _image(17, 48, 80)
+    got = baseline.scores(image)[0]  # (k,)
+    squashed = F.interpolate(image[None], size=(64, 64), mode="bicubic", antialias=True).clamp(0, 1)  # 2 x 32 px
+    view = F.interpolate(squashed, size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)
+    quadrants = [squashed[..., r:r + 32, c:c + 32] for r in (0, 32) for c in (0, 32)]
+    with torch.no_grad():
+        crops = torch.cat([view, *quadrants])  # (5, 3, 32, 32)
+        embedded = F.normalize(tiny_towers.clip.encode_image(_normalised(tiny_towers, crops)), dim=-1)  # (5, D)
+        blank = F.normalize(tiny_towers.clip.encode_image(torch.zeros(1, 3, 32, 32)), dim=-1)[0]  # (D,)
+        scale = float(tiny_towers.clip.logit_scale.exp())
+        reference = _ensembled(tiny_towers, ["This photo contains.", "This is a photo."])
+        labels = torch.stack([_ensembled(tiny_towers, [f"This photo contains {lb}.", f"This is a {lb} photo."])
+                              for lb in LABELS])  # (k, D)
+    expected = torch.sigmoid(scale * ((embedded @ labels.T).amax(0) - blank @ reference))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert baseline.plan.input_size == 64 and baseline.plan.levels == (0, 1) and baseline.plan.num_crops == 5
+
+
+def test_clip_baseline_blank_reference_ranks_images_by_their_cosine(tiny_towers):
+    """The reference is one constant: a label's scores over images are in the order of its best-crop cosine."""
+    tagger = Tagger(CLIPBaseline(tiny_towers), labels=LABELS)
+    images = [_image(40 + i, 64, 64) for i in range(6)]
+    scores = tagger.scores(images)  # (6, k)
+    with torch.no_grad():
+        tokens = tagger._pyramid(torch.stack([tagger.prepare(im).pixels for im in images]),
+                                 tiny_towers.encode_image_tokens)
+        crops = tagger.model.class_tokens(tokens)  # (6, 5, D)
+        cos = torch.einsum("bnd,kd->bnk", crops, F.normalize(tagger.model.encode_labels(LABELS), dim=-1)).amax(1)
+    for column in range(len(LABELS)):
+        assert torch.equal(scores[:, column].argsort(), cos[:, column].argsort())
+
+
+def test_clip_baseline_view_with_image_reference_is_clips_two_way_softmax(tiny_towers):
+    """``pooling="view", reference="image"``: the level-0 view against its own label-free prompt (CLIP's softmax
+    over the pair), the score before issue 9.7."""
+    config = CLIPBaselineConfig(pooling="view", reference="image")
+    baseline = Tagger(CLIPBaseline(tiny_towers, config), labels=LABELS)
     image = _image(17, 48, 80)
     got = baseline.scores(image)[0]  # (k,)
     pixels = F.interpolate(image[None], size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)
-    mean = torch.tensor(tiny_towers.mean).view(1, 3, 1, 1)
-    std = torch.tensor(tiny_towers.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        img = F.normalize(tiny_towers.clip.encode_image((pixels - mean) / std), dim=-1)[0]  # (D,)
+        img = F.normalize(tiny_towers.clip.encode_image(_normalised(tiny_towers, pixels)), dim=-1)[0]  # (D,)
         scale = float(tiny_towers.clip.logit_scale.exp())
-
-        def ensembled(prompts: list[str]) -> torch.Tensor:
-            return F.normalize(F.normalize(tiny_towers.encode_text(prompts), dim=-1).mean(0), dim=-1)
-
-        reference = ensembled(["This photo contains.", "This is a photo."])
-        labels = torch.stack([ensembled([f"This photo contains {lb}.", f"This is a {lb} photo."]) for lb in LABELS])
+        reference = _ensembled(tiny_towers, ["This photo contains.", "This is a photo."])
+        labels = torch.stack([_ensembled(tiny_towers, [f"This photo contains {lb}.", f"This is a {lb} photo."])
+                              for lb in LABELS])
     expected = torch.sigmoid(scale * (labels @ img - reference @ img))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    # Two-way softmax: the logit of label vs reference, exactly CLIP's softmax over the pair.
     pair = torch.softmax(scale * torch.stack([labels[0] @ img, reference @ img]), dim=0)[0]
     assert float(got[0]) == pytest.approx(float(pair), abs=1e-5)
 
 
-def test_clip_baseline_uses_one_view_and_ignores_pyramid_levels(baseline):
-    assert baseline.levels_for(500, 500) == (0,)
-    assert baseline.prepare(_image(18, 100, 60)).pixels.shape == (3, 32, 32)
+def test_clip_baseline_view_uses_one_view_and_ignores_pyramid_levels(tiny_towers, caplog):
+    view = Tagger(CLIPBaseline(tiny_towers, CLIPBaselineConfig(pooling="view")), labels=LABELS)
+    assert view.levels_for(500, 500) == (0,)
+    assert view.prepare(_image(18, 100, 60)).pixels.shape == (3, 32, 32)
+    with caplog.at_level("WARNING", logger="adds.tagger"):
+        ignored = Tagger(CLIPBaseline(tiny_towers, CLIPBaselineConfig(pooling="view")),
+                         TaggerConfig(levels=(0, 1)), labels=LABELS)
+    assert ignored.plan.levels == (0,) and "ignored" in caplog.text
+
+
+def test_clip_baseline_max_takes_the_taggers_levels(tiny_towers):
+    quadrants = Tagger(CLIPBaseline(tiny_towers), TaggerConfig(levels=(1,)), labels=LABELS)
+    assert quadrants.plan.levels == (1,) and quadrants.plan.num_crops == 4 and quadrants.plan.input_size == 64
+    assert quadrants.scores(_image(3)).shape == (1, len(LABELS))
+    assert quadrants.describe()["baseline_pooling"] == "max"
+
+
+@pytest.mark.parametrize("kwargs, message", [({"pooling": "mean"}, "pooling must be one of"),
+                                             ({"reference": "none"}, "reference must be one of"),
+                                             ({"pooling": "view", "levels": (0, 1)}, "level-0 view only")])
+def test_clip_baseline_config_refuses_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CLIPBaselineConfig(**kwargs)
 
 
 def test_clip_baseline_constructor_with_random_weights():

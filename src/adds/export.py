@@ -25,8 +25,8 @@ Two things are rewritten for tracing, with the same numbers (tested against PyTo
 * The decoder runs its plain ``forward`` formulas (Eq. 5) rather than the blocked inference path of
   :meth:`Decoder.forward` (Python loops over blocks, which a trace would freeze to the example's shapes).
 
-The training-free CLIP baseline (:class:`~adds.tagger.CLIPBaseline`) exports the same way: its level-0 view, CLIP's
-logit scale and the label-free reference embedding are constants of the graph.
+The training-free CLIP baseline (:class:`~adds.tagger.CLIPBaseline`) exports the same way: its crops and the maximum
+over them, CLIP's logit scale and the label-free reference are constants of the graph.
 
 ONNX needs the ``export`` extra (``pip install 'adds[export]'``: onnx and onnxruntime); :func:`require_onnx` names
 what is missing. The exporter is PyTorch's TorchScript-based ``torch.onnx.export(dynamo=False)``, which needs no
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from adds.model import ADDS
 from adds.pyramid import Level, PyramidConfig, PyramidForwarding, plan
-from adds.tagger.baseline import CLIPBaseline
+from adds.tagger.baseline import CLIPBaseline, pooled_logits
 
 __all__ = [
     "INPUT_NAMES",
@@ -101,7 +101,8 @@ class ExportConfig:
         input_size: side ``s`` of the square images the graph takes; ``None`` = the tower's size ``S`` (one crop
             with ``levels=None``). ``adds export`` defaults to the head's trained size (``training.json``).
         levels: Pyramid-Forwarding levels (Table 7); ``None`` = the model's ``PyramidConfig.levels``, else every
-            level ``s`` allows. Fixed in the graph. The CLIP baseline always uses its single level-0 view.
+            level ``s`` allows. Fixed in the graph. The CLIP baseline: ``None`` = its own levels (0 and 1 by
+            default, one view with ``pooling="view"``), and ``input_size=None`` = ``S * 2^max(levels)``.
         opset: ONNX opset version.
         verify: after writing, compare onnxruntime with PyTorch eager on random inputs (:func:`verify_onnx`).
         tolerance: the largest max-abs logit difference ``verify`` accepts (fp32).
@@ -219,30 +220,42 @@ class ExportableADDS(nn.Module):
 
 
 class ExportableBaseline(nn.Module):
-    """The training-free :class:`CLIPBaseline` as one graph (level-0 view; logit scale and reference constant)."""
+    """The training-free :class:`CLIPBaseline` as one graph: its crops (the baseline's levels, or ``levels``), the
+    maximum over them (:func:`~adds.tagger.baseline.pooled_logits`), CLIP's logit scale and the label-free
+    reference as constants."""
 
-    def __init__(self, baseline: CLIPBaseline, input_size: int | None = None) -> None:
+    def __init__(self, baseline: CLIPBaseline, input_size: int | None = None,
+                 levels: Sequence[int] | None = None) -> None:
         super().__init__()
         towers = baseline.towers
-        size = input_size or towers.image_size
+        if baseline.config.pooling == "view" and levels is not None and tuple(levels) != (0,):
+            raise ValueError(f"the CLIP baseline with pooling 'view' exports the level-0 view only, got levels "
+                             f"{tuple(levels)}")
+        chosen = tuple(levels) if levels is not None else baseline.levels
+        size = input_size or (towers.image_size << max(chosen))
+        pyramid = PyramidForwarding(towers.image_size, towers.mean, towers.std, PyramidConfig(levels=chosen))
+        plan(size, size, towers.image_size, chosen)  # ValueError naming the size when the levels do not fit
         self.model = baseline
-        self.crops = _PyramidCrops(baseline.pyramid, size)
+        self.crops = _PyramidCrops(pyramid, size)
         self.input_size = size
-        reference = baseline.reference_embedding().detach().float().clone()  # (D,)
-        self.register_buffer("reference", reference, persistent=False)
+        reference = baseline.reference_term()
+        self.blank = None if isinstance(reference, Tensor) else float(reference)
+        vector = reference.detach().float().clone() if isinstance(reference, Tensor) else torch.empty(0)
+        self.register_buffer("reference", vector, persistent=False)  # (D,), or empty with the blank constant
         self.logit_scale = float(baseline.logit_scale)
 
     @property
     def levels(self) -> tuple[int, ...]:
-        return (0,)
+        return tuple(level.index for level in self.crops.levels)
 
     def forward(self, images: Tensor, label_embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        crops = self.crops(images)  # (B, 3, S, S): the single level-0 view
-        features = F.normalize(self.model.towers.encode_image_tokens(crops)[:, 0], dim=-1)  # (B, D)
-        labels = F.normalize(label_embeddings, dim=-1)  # (k, D)
-        cos = features @ labels.t()  # (B, k)
-        base = features @ self.reference.unsqueeze(1)  # (B, 1)
-        logits = self.logit_scale * (cos - base)  # (B, k)
+        batch = images.shape[0]
+        crops = self.crops(images)  # (B * n, 3, S, S)
+        pooled = self.model.towers.encode_image_tokens(crops)[:, 0]  # (B * n, D)
+        features = F.normalize(pooled, dim=-1).reshape(batch, -1, pooled.shape[-1])  # (B, n, D)
+        reference = self.blank if self.blank is not None else self.reference
+        logits = pooled_logits(features, label_embeddings, reference, self.logit_scale,
+                               self.model.config.pooling)  # (B, k)
         return logits, torch.sigmoid(logits)
 
 
@@ -252,7 +265,7 @@ def exportable(model: ADDS | CLIPBaseline, config: ExportConfig | None = None) -
     if isinstance(model, ADDS):
         wrapped: nn.Module = ExportableADDS(model, config.input_size, config.levels)
     elif isinstance(model, CLIPBaseline):
-        wrapped = ExportableBaseline(model, config.input_size)
+        wrapped = ExportableBaseline(model, config.input_size, config.levels)
     else:
         raise TypeError(f"model must be an ADDS model or a CLIPBaseline, got {type(model).__name__}")
     return wrapped.eval()
@@ -306,6 +319,8 @@ def _metadata(model: ADDS | CLIPBaseline, wrapped: nn.Module, config: ExportConf
         "opset": config.opset,
         "max_abs_diff": result["max_abs_diff"],
         "tolerance": config.tolerance if config.verify else None,
+        "baseline": ({"pooling": model.config.pooling, "reference": model.config.reference}
+                     if isinstance(model, CLIPBaseline) else None),
     }
 
 
@@ -396,9 +411,11 @@ def verify_onnx(path: str | Path, wrapped: nn.Module, config: ExportConfig | Non
 def eager_logits(wrapped: nn.Module, images: Tensor, label_embeddings: Tensor) -> Tensor:
     """PyTorch reference for an exported wrapper: the model's own eager path with the export's plan -> ``(B, k)``."""
     model = wrapped.model
-    if isinstance(model, CLIPBaseline):
-        return model(images, label_embeddings)
     towers = model.towers
+    if isinstance(model, CLIPBaseline):
+        pyramid = PyramidForwarding(towers.image_size, towers.mean, towers.std, PyramidConfig(levels=wrapped.levels))
+        tokens = pyramid(images, towers.encode_image_tokens)  # (B, n * T, token_dim)
+        return model.forward_head(model.class_tokens(tokens), label_embeddings)  # (B, k)
     pyramid = PyramidForwarding(towers.image_size, towers.mean, towers.std,
                                 PyramidConfig(levels=wrapped.levels, antialias=model.config.pyramid.antialias))
     tokens = pyramid(images, towers.encode_image_tokens)  # (B, n * T, token_dim)

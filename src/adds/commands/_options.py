@@ -5,11 +5,26 @@ Imports nothing heavy, so argument errors stay fast (``tests/test_cli_start.py``
 
 from __future__ import annotations
 
-__all__ = ["OPEN_VOCABULARY_CHOICES", "UsageError", "parse_levels"]
+__all__ = ["BASELINE_POOLING_CHOICES", "OPEN_VOCABULARY_CHOICES", "UsageError", "add_baseline_pooling",
+           "parse_levels"]
 
 #: ``--open-vocabulary`` of ``adds tag`` / ``adds eval`` -> ``TaggerConfig.open_vocabulary`` /
 #: :func:`adds.openvocab.checkpoint_open_vocabulary`'s ``wanted``.
 OPEN_VOCABULARY_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+#: ``--baseline-pooling`` -> ``CLIPBaselineConfig.pooling`` (:data:`adds.tagger.baseline.BASELINE_POOLINGS`).
+BASELINE_POOLING_CHOICES = ("max", "view")
+
+
+def add_baseline_pooling(parser) -> None:
+    """``--baseline-pooling max|view`` of the training-free CLIP baseline on ``parser`` (or an argument group)."""
+    parser.add_argument(
+        "--baseline-pooling", choices=BASELINE_POOLING_CHOICES, default="max",
+        help="how the training-free CLIP baseline looks at an image: 'max' = each label's best crop among the "
+        "whole view and its four quadrants (levels 0,1; --levels changes them; five tower passes per image), "
+        "'view' = the one whole view, as plain CLIP zero-shot (one pass, faster). docs/tagging.md measures both "
+        "(default: %(default)s)")
 
 
 class UsageError(Exception):

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from adds.commands._options import UsageError
+from adds.commands._options import UsageError, add_baseline_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     baseline.add_argument("--model", help="open_clip model of the baseline, e.g. ViT-B-32-quickgelu")
     baseline.add_argument("--pretrained", help="open_clip tag or local weights file of the baseline")
     baseline.add_argument("--templates", default="paper", help="baseline prompt templates: paper | clip80")
+    add_baseline_pooling(baseline)
     baseline.add_argument("--output", metavar="DIR", help="folder for thresholds.tsv + calibration.json "
                           "(required with --zero-shot-baseline; default: the checkpoint)")
     run = parser.add_argument_group("run")
@@ -141,7 +142,9 @@ def _load_tagger(args: argparse.Namespace, checkpoint: str | None):
                           trained_input_size=trained_input_size(checkpoint))
         pretrained = None if args.pretrained.lower() == "none" else args.pretrained
         return Tagger.clip_baseline(args.model, pretrained, device=device, config=config,
-                                    baseline=CLIPBaselineConfig(templates=args.templates), labels=["calibration"])
+                                    baseline=CLIPBaselineConfig(templates=args.templates,
+                                                                pooling=args.baseline_pooling),
+                                    labels=["calibration"])
     except (WeightsUnavailableError, CheckpointError, ValueError, OSError) as error:
         raise UsageError(str(error)) from error
 

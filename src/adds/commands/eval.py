@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from adds.commands._options import OPEN_VOCABULARY_CHOICES
+from adds.commands._options import OPEN_VOCABULARY_CHOICES, add_baseline_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                       "image decodes, before evaluating")
     data.add_argument("--input-size", type=int, help="squash-resize size (default: the checkpoint's training size, "
                       "the cache's, or the tower's)")
-    data.add_argument("--levels", help="Pyramid-Forwarding levels of the baseline, e.g. 0 or 0,1 (default: 0)")
-    data.add_argument("--baseline-pooling", choices=("auto", "max"), default="auto",
-                      help="the baseline's image embedding over its crops: 'auto' = the level-0 view's class token "
-                      "(the mean of the crops' without level 0), 'max' = the maximum of each label's cosine over "
-                      "the crops (docs/tagging.md compares them; default: %(default)s)")
+    data.add_argument("--levels", help="Pyramid-Forwarding levels of the baseline's --baseline-pooling max, e.g. "
+                      "0,1,2 (default: 0,1)")
+    add_baseline_pooling(data)
     data.add_argument("--targets", metavar="NPY", help="with --scores: (N, C) 0/1 ground truth")
     data.add_argument("--mask", metavar="NPY", help="with --scores: optional (N, C) known-mask")
     data.add_argument("--vocabulary", metavar="FILE", help="with --scores: label names, one per line")
@@ -217,9 +215,10 @@ def _model_path(args: argparse.Namespace, config):
 
     from adds.data.base import SquashResize
     from adds.data.registry import DatasetConfig, load_dataset
-    from adds.evaluate import clip_zero_shot_scores, evaluate_model
+    from adds.evaluate import evaluate_model
     from adds.model import ADDS, ADDSConfig
     from adds.pyramid import PyramidConfig
+    from adds.tagger.baseline import CLIPBaseline, CLIPBaselineConfig
     from adds.tagger.plan import trained_input_size
     from adds.towers import TowerConfig
 
@@ -240,29 +239,24 @@ def _model_path(args: argparse.Namespace, config):
     else:
         if not args.model or args.pretrained is None:
             raise ValueError("--zero-shot-baseline needs --model and --pretrained")
-        levels = _int_list(args.levels, "--levels") if args.levels else (0,)
+        pooling = getattr(args, "baseline_pooling", "max")
+        levels = _int_list(args.levels, "--levels") if args.levels else None
         pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+        baseline_config = CLIPBaselineConfig(templates=args.templates, pooling=pooling, levels=levels)
+        levels = baseline_config.pyramid_levels
         model_config = ADDSConfig(towers=TowerConfig(model=args.model, pretrained=pretrained),
                                   pyramid=PyramidConfig(levels=levels), templates=args.templates)
         model = ADDS(model_config).to(device)
         if not model.towers.config.aligned:
             raise ValueError("the CLIP baseline needs aligned towers")
         trained_size = None
-        per_crop = model.towers.tokens_per_image
-        first_only = 0 in levels
-
-        pooling = getattr(args, "baseline_pooling", "auto")
-
-        from adds.openvocab import prior_cosine
+        baseline = CLIPBaseline(model.towers, baseline_config)  # the tagger's score (adds.tagger.baseline)
 
         def score_fn(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-            if pooling == "max":
-                return prior_cosine(tokens, embeddings, per_crop)  # (B, k): max over the crops' class tokens
-            return clip_zero_shot_scores(tokens, embeddings, per_crop, first_crop_only=first_only)
+            return baseline.forward_head(baseline.class_tokens(tokens), embeddings).sigmoid()  # (B, k)
 
-        name = f"CLIP {args.model} ({args.pretrained}), no training"
-        if pooling == "max":
-            name += f", max over {len(levels)}-level crops"
+        name = f"CLIP {args.model} ({args.pretrained}), no training, "
+        name += "one view" if pooling == "view" else f"max over the crops of levels {','.join(map(str, levels))}"
     model.eval()
 
     labels = args.labels
@@ -276,7 +270,14 @@ def _model_path(args: argparse.Namespace, config):
 
         store = verify_cache(args.cache) if args.verify_data else FeatureStore.open(args.cache)
     cache_size = store.manifest.get("input_size") if store is not None else None
-    plan = eval_plan(model, trained_size, args.input_size or cache_size, levels)
+    try:
+        plan = eval_plan(model, trained_size, args.input_size or cache_size, levels)
+    except ValueError as error:
+        if args.checkpoint or levels == (0,):
+            raise
+        raise ValueError(f"{error}; the baseline's crops need {model.towers.image_size << max(levels)} px images: "
+                         "pass a larger --input-size (or a cache extracted at it), or --baseline-pooling view for "
+                         "the one view") from None
     input_size = plan.input_size
     logger.info("evaluating at %s", plan.describe())
     dataset = load_dataset(dataset_config, transform=SquashResize(int(input_size)))

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from adds.commands._options import UsageError, parse_levels
+from adds.commands._options import UsageError, add_baseline_pooling, parse_levels
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--templates", default="paper", metavar="SET",
                         help="prompt templates of the CLIP baseline: 'paper' or 'clip80' (default: %(default)s; "
                         "a checkpoint uses its own)")
+    add_baseline_pooling(parser)
     parser.add_argument("--input-size", type=int, metavar="PX",
                         help="side S of the images the graph takes (default: the head's trained size from "
-                        "training.json, else the tower's size; the CLIP baseline resizes it to its one view)")
+                        "training.json, else the tower's size; the CLIP baseline: the smallest size that has its "
+                        "levels, 2S for levels 0,1)")
     parser.add_argument("--levels", metavar="0,1,...",
                         help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); without "
                         "--input-size the size grows to the smallest that has them, as in adds tag")
@@ -112,15 +114,17 @@ def _export(args: argparse.Namespace, levels: tuple[int, ...] | None) -> int:
 
     try:
         model, labels, trained_size = _load(args)
-        if args.checkpoint is None and levels is not None:
-            logger.warning("the CLIP baseline scores one %d px view: --levels is ignored", model.towers.image_size)
+        baseline_view = args.checkpoint is None and model.config.pooling == "view"
+        if baseline_view and levels is not None:
+            logger.warning("the CLIP baseline with --baseline-pooling view scores one %d px view: --levels is "
+                           "ignored", model.towers.image_size)
             levels = None
         size = args.input_size
-        if args.checkpoint is not None:  # the plan adds tag would use (adds.tagger.plan)
+        if not baseline_view:  # the plan adds tag would use (adds.tagger.plan)
             from adds.tagger.plan import input_plan
 
-            plan = input_plan(model.towers.image_size, model.config.pyramid.levels, trained_size,
-                              input_size=args.input_size, levels=levels)
+            own = model.config.pyramid.levels if args.checkpoint is not None else model.levels
+            plan = input_plan(model.towers.image_size, own, trained_size, input_size=args.input_size, levels=levels)
             size, levels = plan.input_size, plan.levels
         config = ExportConfig(input_size=size, levels=levels, opset=args.opset, verify=not args.no_verify,
                               tolerance=args.tolerance)
@@ -173,7 +177,8 @@ def _load(args: argparse.Namespace):
     if args.pretrained is None:
         pretrained = DEFAULT_PRETRAINED
     towers = load_towers(TowerConfig(model=name, pretrained=pretrained, cache_dir=args.cache_dir))
-    return CLIPBaseline(towers, CLIPBaselineConfig(templates=args.templates)), labels, None
+    config = CLIPBaselineConfig(templates=args.templates, pooling=args.baseline_pooling)
+    return CLIPBaseline(towers, config), labels, None
 
 
 def _write_labels(model, labels: list[str], output: Path) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adds.commands._options import OPEN_VOCABULARY_CHOICES, UsageError, parse_levels
+from adds.commands._options import OPEN_VOCABULARY_CHOICES, UsageError, add_baseline_pooling, parse_levels
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt templates of the CLIP baseline: 'paper' (2 prompts, fast) or 'clip80' (CLIP's 80) "
         "(default: %(default)s; a checkpoint uses its own)",
     )
+    add_baseline_pooling(group)
     group.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu; "
                        "under torchrun: cuda:LOCAL_RANK)")
     group.add_argument(
@@ -105,16 +106,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "it when the checkpoint has an open_vocab.json, 'on' requires it, 'off' is the plain head (default: auto)",
     )
 
-    plan = parser.add_argument_group("input plan (ADDS checkpoints; the CLIP baseline uses one view)")
+    plan = parser.add_argument_group("input plan (of the head, or of the CLIP baseline's --baseline-pooling max)")
     plan.add_argument(
         "--input-size", type=int, metavar="PX",
         help="squash images to PX x PX (default: the size the head was trained at, from its training.json, else "
-        "the tower's size) -- the plan adds eval uses",
+        "the tower's size; the CLIP baseline: twice the tower's size, for its quadrants) -- the plan adds eval "
+        "uses",
     )
     plan.add_argument(
         "--levels", metavar="0,1,...",
         help="Pyramid-Forwarding levels instead of the head's own, e.g. 0,1,2 (Table 7); 'auto' = the head's "
-        "(default)",
+        "(default; the CLIP baseline's: 0,1)",
     )
 
 
@@ -210,7 +212,9 @@ def build_tagger(args: argparse.Namespace, device: str | None = None):
         if pretrained is None:
             logger.warning("--pretrained none: random tower weights, the scores carry no meaning (tests/debugging)")
         return Tagger.clip_baseline(model, pretrained, device=device, config=config,
-                                    baseline=CLIPBaselineConfig(templates=args.templates), cache_dir=args.cache_dir,
+                                    baseline=CLIPBaselineConfig(templates=args.templates,
+                                                                pooling=getattr(args, "baseline_pooling", "max")),
+                                    cache_dir=args.cache_dir,
                                     labels=labels, thresholds=thresholds)
     except (WeightsUnavailableError, CheckpointError, ValueError, OSError) as error:
         raise UsageError(str(error)) from error

@@ -63,9 +63,10 @@ class TaggerConfig:
         top_k: keep at most this many tags per image (after thresholds); ``None`` = no cap.
         batch_size: images per forward pass.
         levels: Pyramid-Forwarding levels instead of the head's (e.g. ``(0, 1, 2)``, Table 7); ``None`` = the
-            head's plan (:mod:`adds.tagger.plan`). Ignored by the CLIP baseline (one view).
+            head's plan (:mod:`adds.tagger.plan`). For the CLIP baseline: the crops its maximum runs over
+            (default levels 0 and 1); ignored with its ``pooling="view"`` (one view).
         input_size: squash images to this size instead of the size the head was trained at; ``None`` = the
-            head's plan. Ignored by the CLIP baseline.
+            head's plan (the CLIP baseline: ``S * 2^max(levels)``). Ignored with the baseline's ``"view"``.
         label_cache: keep label embeddings on disk (:mod:`adds.label_cache`; ``$ADDS_CACHE_DIR``, default
             ``~/.cache/adds``) so a repeated start does not run the text tower again; ``$ADDS_LABEL_CACHE=0`` also
             turns it off.
@@ -200,10 +201,9 @@ class Tagger:
         if open_vocabulary is not None and not isinstance(model, ADDS):
             raise ValueError("the open-vocabulary mode needs a trained ADDS head, not the CLIP baseline")
         self.open_vocabulary = open_vocabulary  # adds.openvocab: None = the plain head
-        self._pyramid = None
-        if isinstance(model, ADDS):
-            config_levels = PyramidConfig(levels=self.plan.levels, antialias=model.config.pyramid.antialias)
-            self._pyramid = PyramidForwarding(self.base_size, self.towers.mean, self.towers.std, config_levels)
+        antialias = model.config.pyramid.antialias if isinstance(model, ADDS) else PyramidConfig().antialias
+        self._pyramid = PyramidForwarding(self.base_size, self.towers.mean, self.towers.std,
+                                          PyramidConfig(levels=self.plan.levels, antialias=antialias))
         self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()  # vocabulary -> (k, D), LRU
         memory_cache(self.towers, self.config.max_cached_labels)
         if self.config.label_cache and label_cache_enabled():
@@ -222,10 +222,13 @@ class Tagger:
 
     def _input_plan(self, trained_size: int | None) -> InputPlan:
         if isinstance(self.model, CLIPBaseline):
-            if self.config.levels is not None or self.config.input_size is not None:
-                logger.warning("the CLIP baseline scores one %d px view: levels / input_size are ignored",
-                               self.base_size)
-            return input_plan(self.base_size, levels=(0,))
+            if self.model.config.pooling == "view":
+                if self.config.levels is not None or self.config.input_size is not None:
+                    logger.warning("the CLIP baseline with pooling 'view' scores one %d px view: levels / "
+                                   "input_size are ignored", self.base_size)
+                return input_plan(self.base_size, levels=(0,))
+            return input_plan(self.base_size, self.model.levels, input_size=self.config.input_size,
+                              levels=self.config.levels)
         return input_plan(self.base_size, self.model.config.pyramid.levels, trained_size,
                           input_size=self.config.input_size, levels=self.config.levels)
 
@@ -372,9 +375,9 @@ class Tagger:
         """Same-size pixels ``(b, 3, s, s)`` -> logits ``(b, k)`` (``labels``: for the open-vocabulary mode)."""
         pixels = pixels.to(self.device)
         with self.precision.autocast():  # CUDA bf16/fp16; a CPU bf16 vision tower is cast already
-            if isinstance(self.model, CLIPBaseline):
-                return self.model(pixels, label_embeddings).float()
             tokens = self._pyramid(pixels, self.towers.encode_image_tokens)  # (b, crops*T, token_dim)
+            if isinstance(self.model, CLIPBaseline):  # each label's best crop (adds.tagger.baseline)
+                return self.model.forward_head(self.model.class_tokens(tokens), label_embeddings).float()  # (b, k)
             if self.config.shortlist is not None:
                 logits = shortlist_logits(self.model, tokens, label_embeddings,
                                           ShortlistConfig(size=self.config.shortlist)).float()  # (b, k)
@@ -528,6 +531,7 @@ class Tagger:
             "open_vocabulary": self.open_vocabulary is not None,
             "shortlist": self.config.shortlist if isinstance(self.model, ADDS) else None,
             "precision": self.precision.name,
+            "baseline_pooling": self.model.config.pooling if isinstance(self.model, CLIPBaseline) else None,
         }
 
 
