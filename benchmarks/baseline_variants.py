@@ -59,8 +59,27 @@ def macro_f1_at_half(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return 100 * float((2 * tp / (2 * tp + wrong).clamp(min=1)).mean())
 
 
+def reference_diagnostics(baseline: CLIPBaseline, crops: torch.Tensor, labels: torch.Tensor,
+                          targets: torch.Tensor) -> dict[str, float]:
+    """Why a per-image reference reorders a label's images: how the label-free cosine of the level-0 view varies
+    over images against a label's cosine, and mAP with a toy-native label-free direction (the mean label
+    embedding) as each crop's reference. ``crops`` ``(N, 5, D)`` of levels 0-1, ``labels`` ``(160, D)``."""
+    view = crops[:, 0]  # (N, D)
+    cos = view @ torch.nn.functional.normalize(labels, dim=-1).T  # (N, 160)
+    reference = view @ baseline.reference_embedding().float()  # (N,)
+    mean_label = torch.nn.functional.normalize(labels.mean(0), dim=-1)  # (D,)
+    return {"reference cosine std over images": float(reference.std()),
+            "label cosine std over images (mean over labels)": float(cos.std(0).mean()),
+            "corr(reference cosine, mean label cosine)": float(torch.corrcoef(torch.stack([reference,
+                                                                                         cos.mean(1)]))[0, 1]),
+            "mAP all, mean-label reference per crop": 100 * mean_average_precision(
+                pooled_logits(crops, labels, mean_label, baseline.logit_scale), targets),
+            "true labels per image": float((targets > 0).float().sum(1).mean())}
+
+
 def run_seed(seed: int, config: LabConfig, towers, test_scenes: int) -> tuple[dict[str, float], dict[str, float]]:
-    """``(rows, seconds per image of each pooling's image path)`` of one seed."""
+    """``(rows, seconds per image of each pooling's image path)`` of one seed; the rows end with the paper
+    templates' :func:`reference_diagnostics` (``"diagnostics | ..."``)."""
     scene = replace(config.scene, size=2 * towers.image_size)  # 96 px: level 0 is the 48 px view, level 1 4 crops
     scenes = render_scenes(test_scenes, torch.Generator().manual_seed(5000 + seed), scene)
     targets = scenes.targets  # (N, 160)
@@ -86,12 +105,16 @@ def run_seed(seed: int, config: LabConfig, towers, test_scenes: int) -> tuple[di
                 rows[f"{key} | F1@3 all"] = 100 * topk_precision_recall_f1(logits, targets, 3)[2]
                 rows[f"{key} | macro F1 @0.5"] = macro_f1_at_half(logits, targets)
                 rows[f"{key} | tags/image @0.5"] = float((logits > 0).float().sum(1).mean())
+    baseline = CLIPBaseline(towers, CLIPBaselineConfig())
+    crops = baseline.class_tokens(tokens["max over crops, levels 0-1"])  # (N, 5, D)
+    diagnostics = reference_diagnostics(baseline, crops, baseline.encode_labels(VOCABULARY.labels).float(), targets)
+    rows.update({f"diagnostics | {name}": value for name, value in diagnostics.items()})
     return rows, seconds
 
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    keys = list(dict.fromkeys(name.rsplit(" | ", 1)[0] for name in rows))  # "templates | pooling | reference"
+    keys = list(dict.fromkeys(name.rsplit(" | ", 1)[0] for name in rows if not name.startswith("diagnostics")))
     lines = ["| templates | image pooling | reference | " + " | ".join(METRICS) + " |",
              "|---" * (3 + len(METRICS)) + "|"]
     for key in keys:
@@ -103,6 +126,8 @@ def table(result: dict) -> str:
         lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(cells) + " |")
     one_view = statistics.mean(result["seconds_per_image"]["class token, level 0"])
     lines.append("")
+    lines.extend(f"{name.split(' | ', 1)[1]}: " + ", ".join(f"{value:.3f}" for value in values) + " (per seed)"
+                 for name, values in rows.items() if name.startswith("diagnostics"))
     lines.append("image path per image (one thread, this run): " + ", ".join(
         f"{name} {1000 * statistics.mean(values):.2f} ms ({statistics.mean(values) / one_view:.2f}x)"
         for name, values in result["seconds_per_image"].items()))

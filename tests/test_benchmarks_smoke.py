@@ -187,10 +187,11 @@ def test_baseline_variants_quick_run_writes_every_cell(tmp_path):
     out = tmp_path / "variants.json"
     assert bench.main(["--quick", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    rows = result["rows"]
+    rows = {name: v for name, v in result["rows"].items() if not name.startswith("diagnostics")}
     assert len(rows) == len(bench.TEMPLATES) * len(bench.POOLINGS) * len(bench.REFERENCES) * len(bench.METRICS)
     assert all(len(values) == 1 and 0.0 <= values[0] <= (160 if "tags" in name else 100)
                for name, values in rows.items())
+    assert -1.0 <= result["rows"]["diagnostics | corr(reference cosine, mean label cosine)"][0] <= 1.0
     assert set(result["seconds_per_image"]) == set(bench.POOLINGS)
 
 
@@ -201,3 +202,13 @@ def test_token_norm_quick_run_has_every_row(tmp_path):
     assert bench.main(["--quick", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == len(bench.NORMS) * 3 and all(0.0 <= v[0] <= 100.0 for v in rows.values())
+
+
+def test_baseline_cost_quick_run_times_both_poolings(tmp_path):
+    """benchmarks/baseline_cost.py --quick (issue 9.7): both poolings timed, 5 crops against 1."""
+    bench = _load("baseline_cost")
+    out = tmp_path / "cost.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["seconds_per_image"]) == {"view", "max"} and result["max_over_view"] > 0
+    assert "5 crop(s)" in result["plans"]["max"] and "1 crop(s)" in result["plans"]["view"]
