@@ -12,7 +12,8 @@ Two kinds of scorer sit behind :class:`Tagger`:
   the shared classifier; the score of a label is ``sigmoid(logit)``, thresholded at 0.5 in the paper (Appendix,
   Figure 5) or at the checkpoint's calibrated per-label thresholds (``thresholds.tsv``).
 * the training-free CLIP baseline (:meth:`Tagger.clip_baseline`, :class:`CLIPBaseline`): no head at all, only the
-  cosine similarity of CLIP's pooled image embedding with the prompt-ensembled label embedding.
+  cosine similarity of CLIP's image embedding with the prompt-ensembled label embedding, each label's best over
+  the whole view and its four quadrants (``CLIPBaselineConfig(pooling="view")``: the one view).
 
 Scores
 ------
@@ -30,7 +31,7 @@ and PIL images go through :func:`adds.data.images.load_image` (EXIF orientation,
 Every image is squashed (resized without keeping the aspect ratio, as in training) to the head's input size and
 run through the head's Pyramid-Forwarding levels: the plan the head was trained with (:mod:`adds.tagger.plan`:
 ``training.json``'s ``input_size`` and the checkpoint's levels), the same plan ``adds eval`` uses. The CLIP
-baseline uses one ``S x S`` view (level 0), as CLIP zero-shot does.
+baseline squashes to ``2S`` and uses levels 0 and 1 (one ``S x S`` view with ``pooling="view"``).
 
 Vocabulary and thresholds
 -------------------------
