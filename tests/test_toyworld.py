@@ -88,8 +88,8 @@ def test_gates_g1_g2_and_the_open_vocabulary_rule_on_fixed_seeds(toy_towers):
 
 @pytest.mark.slow
 def test_full_run_prints_every_table_gate_and_verdict():
-    """The full run (about 20 minutes on 2 cores): every table, gate and claim gets a computed value."""
-    result = run_lab(LabConfig(), echo=lambda line: None, workers=2)
+    """The full run (about 18 minutes on 2 cores): every table, gate and claim gets a computed value."""
+    result = run_lab(LabConfig.full(), echo=lambda line: None, workers=2)
     report = format_report(result)
     for title in ("Table 1", "Table 2", "Tables 6/9", "Table 5", "Table 7", "Tables 3/4", "Table 8", "Issue 10.9"):
         assert title in report

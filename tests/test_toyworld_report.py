@@ -91,3 +91,21 @@ def test_command_passes_sizes_to_the_lab_and_names_them_in_the_command_line(monk
     assert (config.train_scenes, config.epochs, config.groups) == (4800, 3, ("core",))
     out = capsys.readouterr().out
     assert "command: adds toyworld --seeds 0,1,2 --only core --train-scenes 4800 --epochs 3" in out
+
+
+@pytest.mark.parametrize("flags, scenes", [([], 4800), (["--quick"], 800)])
+def test_full_run_trains_on_4800_scenes_and_quick_on_800(monkeypatch, capsys, flags, scenes):
+    """The full run's default size is where G1 and the open-vocabulary goals hold (docs/toyworld.md)."""
+    from adds.cli import main
+    from adds.toyworld import lab
+
+    seen = {}
+
+    def fake_run_lab(config, echo, workers):
+        seen["config"] = config
+        return {"rows": _rows(), "seconds": 0.0}
+
+    monkeypatch.setattr(lab, "run_lab", fake_run_lab)
+    assert main(["toyworld", *flags]) == 0
+    assert seen["config"].train_scenes == scenes
+    assert f"{scenes} training" in capsys.readouterr().out

@@ -20,7 +20,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "(the paired per-seed difference has one sign in every seed and exceeds 2 pooled std) / undecided. "
         "Groups: core = Tables 1, 2 and the open-vocabulary mode; align = Tables 6/9; dec = Table 5; pyr = Table 7; "
         "more = Tables 3/4, 8 and token_norm. --quick runs core and align on fewer scenes (under 3 minutes on "
-        "2 CPU cores); the full run takes about 20. Exit codes: 0 ok, 2 bad arguments.",
+        "2 CPU cores); the full run (4,800 training scenes) about 18. Exit codes: 0 ok, 2 bad arguments.",
     )
     parser.add_argument("--quick", action="store_true", help="gates and Tables 1, 2, 6/9 on fewer scenes "
                         "(the README's main job)")
@@ -28,8 +28,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
                         help="comma-separated seeds, e.g. 3,5,8 (default: %(default)s; verdicts need 2 or more)")
     parser.add_argument("--only", nargs="+", metavar="GROUP", choices=_GROUPS, help="run only these groups")
     parser.add_argument("--train-scenes", type=int, metavar="N",
-                        help="training scenes per seed (default: 800 quick, 1200 full); the head is data-starved at "
-                        "these sizes, docs/toyworld.md measures how G1 moves with more")
+                        help="training scenes per seed (default: 800 quick, 4800 full); the quick run's head is "
+                        "data-starved (G1 fails), docs/toyworld.md measures how G1 moves with more")
     parser.add_argument("--epochs", type=int, metavar="N", help="epochs of every head (default: 6)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="jobs run in this many processes side by side (default: %(default)s)")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from adds.toyworld.lab import LabConfig, run_lab
     from adds.toyworld.report import format_report, write_json
 
-    config = LabConfig.quick() if args.quick else LabConfig()
+    config = LabConfig.quick() if args.quick else LabConfig.full()
     config = replace(config, seeds=seeds, groups=tuple(args.only) if args.only else config.groups,
                      train_scenes=args.train_scenes or config.train_scenes, epochs=args.epochs or config.epochs)
     print(f"toy world v2: {'quick' if args.quick else 'full'} run, seeds {list(seeds)}, {config.train_scenes} "
