@@ -22,10 +22,11 @@ labels only and every test image is kept. For a model, "ranked over its own labe
 that subset's label list (with two or more DM-decoder layers a label's score depends on the other labels in the
 list, see ``docs/architecture.md``); for given score matrices the subset's columns are taken.
 
-The training-free CLIP baseline (:func:`clip_zero_shot_scores`) scores a label by the cosine similarity between the
-image's class-token embedding (``encode_image``'s output, i.e. token 0 of the level-0 crop) and the label's
-prompt-ensembled embedding -- the same towers, prompts, images and metrics as ADDS, no trained head. Its scores are
-cosines (about 0.1-0.35), so threshold metrics at 0.5 are meaningless for it; mAP and top-k are not affected.
+``adds eval --zero-shot-baseline`` scores the training-free CLIP baseline with the tagger's own score
+(:class:`adds.tagger.CLIPBaseline`: each label's best crop cosine against a constant label-free reference, through a
+sigmoid) -- the same towers, prompts, images and metrics as ADDS, no trained head. :func:`clip_zero_shot_scores`
+is the raw cosine of one pooled embedding (about 0.1-0.35, so threshold metrics at 0.5 are meaningless for it; mAP
+and top-k rank as the baseline's do with the one view).
 
 Scores of evaluated images are what :func:`predict` returns; images that cannot be loaded (missing / corrupt files)
 are left out and counted (:attr:`Predictions.failed`).
@@ -249,7 +250,8 @@ def predict(
         loader: yields :func:`collate_batch` batches (cached tokens or images).
         label_sets: ``{name: (k, D) label embeddings}``; each is scored separately (single-to-multi subsets).
         score_fn: ``(tokens (B, N, D), label embeddings (k, D)) -> scores (B, k)``; default: the ADDS head's
-            sigmoid. :func:`clip_zero_shot_scores` gives the training-free baseline.
+            sigmoid. The training-free baseline: ``CLIPBaseline.forward_head`` on ``CLIPBaseline.class_tokens``
+            (``adds eval --zero-shot-baseline``), or the raw cosine :func:`clip_zero_shot_scores`.
         device: where the model runs.
         autocast_dtype: run under ``torch.autocast`` with this dtype (GPU mixed precision); ``None``: off.
         progress: tqdm bar on stderr.
@@ -463,7 +465,7 @@ def evaluate_model(
         vocabulary: the labels of the targets' columns.
         dataset_kind: ``"coco"`` / ``"nuswide"``: picks the overlap vocabulary for single-to-multi.
         label_embeddings: ``(C, D)`` embeddings of ``vocabulary`` (default ``model.encode_labels``).
-        score_fn: see :func:`predict` (:func:`clip_zero_shot_scores` for the training-free baseline).
+        score_fn: see :func:`predict` (for the training-free baseline too).
         sampler, gather: for evaluation spread over torchrun processes.
         failed_images: images already known to be unloadable (e.g. recorded by the feature cache).
     """

@@ -275,7 +275,7 @@ def _model_path(args: argparse.Namespace, config):
     except ValueError as error:
         if args.checkpoint or levels == (0,):
             raise
-        raise ValueError(f"{error}; the baseline's crops need {model.towers.image_size << max(levels)} px images: "
+        raise ValueError(f"{error}; the baseline's crops need {baseline.input_size} px images: "
                          "pass a larger --input-size (or a cache extracted at it), or --baseline-pooling view for "
                          "the one view") from None
     input_size = plan.input_size
